@@ -1,0 +1,34 @@
+# Entry points: `make pipeline` (whole pipeline on the embedded default) and `make test`.
+# Both create the environment in .venv first when it is missing or out of date.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: venv pipeline test test-fast bench dryrun-slurm clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade "pip>=24"
+	$(VENV)/bin/python -m pip install --quiet -c requirements/constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+pipeline: $(STAMP)
+	$(VENV)/bin/snakemake $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest $(ARGS)
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not e2e" $(ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m pipeline_src.cli bench era5 $(ARGS)
+
+dryrun-slurm: $(STAMP)
+	$(VENV)/bin/snakemake --profile profiles/slurm -n
+
+clean:
+	rm -rf results resources logs .snakemake

@@ -1,0 +1,21 @@
+# D-CHAG pipeline. Plain `snakemake` runs the embedded default (profiles/default);
+# `snakemake --profile profiles/slurm` or `--profile profiles/frontier` submit to Slurm.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/era5.smk"
+
+
+rule all:
+    input:
+        rules.era5_all.input,
+    default_target: True

@@ -1,0 +1,173 @@
+"""One entry point, one subcommand per stage: `dchag era5 acquire|regrid|assemble`, `dchag config`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import config as config_mod
+from .io import InputError
+from .secrets import install_log_filter
+
+log = logging.getLogger("dchag")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("alembic", "mlflow", "urllib3", "fsspec", "gcsfs", "distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    install_log_filter()
+
+
+def cmd_config(args) -> None:
+    """Validate a config file and print it with defaults filled in."""
+    import yaml
+
+    cfg = config_mod.load(args.config)
+    print(yaml.safe_dump(cfg.data, sort_keys=False), end="")
+
+
+def cmd_acquire(args) -> None:
+    """Acquire one raw ERA5 file (group, period) from the configured source."""
+    from .era5.acquire import acquire
+    from .tracking import stage_run
+
+    cfg = config_mod.load(args.config)
+    params = {"era5": {k: v for k, v in cfg.era5.items() if k not in ("regrid", "assemble")},
+              "group": args.group, "period": args.period}
+    with stage_run(cfg.mlflow, "era5_acquire", args.rule, params) as run:
+        metrics = acquire(cfg, args.group, args.period, args.output)
+        run.log_metrics(metrics)
+    log.info("acquired %s (%d fields, %.1f s)", args.output, metrics["fields"], metrics["seconds"])
+
+
+def cmd_regrid(args) -> None:
+    """Regrid one raw file to the 5.625 deg grid and draw the preview map."""
+    from .era5.plots import regrid_preview
+    from .era5.regrid import regrid_file
+    from .tracking import stage_run
+
+    cfg = config_mod.load(args.config)
+    params = {"regrid": cfg.era5["regrid"], "grid_deg": cfg.era5["grid_deg"], "source": cfg.era5["source"],
+              "group": args.group, "period": args.period}
+    with stage_run(cfg.mlflow, "era5_regrid", args.rule, params) as run:
+        metrics, before, after = regrid_file(cfg, args.group, args.period, args.input, args.output,
+                                             args.weights_dir)
+        run.set_tags({"regrid_backend": metrics["backend"]})
+        run.log_metrics(metrics)
+        if args.preview:
+            picks = _preview_picks(cfg, args.group, before)
+            regrid_preview(before, after, picks, args.preview,
+                           f"{args.group} {args.period}: {cfg.era5['grid_deg']:g} deg -> 5.625 deg "
+                           f"({metrics['backend']}, {cfg.era5['regrid']['method']})")
+            run.log_artifact(args.preview, "previews")
+    log.info("regridded %s -> %s with %s (%.1f fields/s)", args.input, args.output,
+             metrics["backend"], metrics["fields_per_s"])
+
+
+def _preview_picks(cfg, group, ds) -> list[tuple[str, str, int | None]]:
+    picks = [(c.name, c.var, c.level) for c in cfg.channels
+             if c.group == group and c.name in cfg.mlflow["preview_channels"]]
+    if not picks:
+        first = next(c for c in cfg.channels if c.group == group)
+        picks = [(first.name, first.var, first.level)]
+    return picks
+
+
+def cmd_assemble(args) -> None:
+    """Assemble regridded files into split Zarr stores, stats, climatology and manifest."""
+    import xarray as xr
+
+    from .era5.assemble import assemble
+    from .tracking import stage_run
+
+    cfg = config_mod.load(args.config)
+    files = {}
+    for path in map(Path, args.inputs):
+        try:
+            with xr.open_dataset(path, engine="netcdf4") as ds:
+                key = (ds.attrs["group"], str(ds.attrs["period"]))
+        except (OSError, KeyError, ValueError) as err:
+            raise InputError(path, f"not a regridded file of this pipeline ({err})") from None
+        files[key] = path
+    needed = {(g, str(y)) for g in cfg.required if g != "static" for y in cfg.all_years}
+    needed |= {("static", "static")} if "static" in cfg.required else set()
+    lost = sorted(needed - set(files))
+    if lost:
+        raise InputError(None, f"assemble: no regridded input for {', '.join('/'.join(k) for k in lost)}")
+    params = {"channels": [c.name for c in cfg.channels], "years": cfg.era5["years"],
+              "hours": cfg.era5["hours"], "assemble": cfg.era5["assemble"], "source": cfg.era5["source"]}
+    out = Path(args.output_dir)
+    with stage_run(cfg.mlflow, "era5_assemble", args.rule, params) as run:
+        metrics = assemble(cfg, files, out)
+        run.log_metrics(metrics)
+        for name in ("normalization.json", "manifest.json"):
+            run.log_artifact(out / name, "data")
+    log.info("assembled %d channels into %s (%.1f s)", metrics["n_channels"], out, metrics["seconds"])
+
+
+def cmd_bench_regrid(args) -> None:
+    """Print regridding throughput per importable backend and the ERA5 stage wall times."""
+    from .bench.era5 import main as bench_main
+
+    bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of the `dchag` command."""
+    p = argparse.ArgumentParser(prog="dchag", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("config", help="validate a config and print it with defaults")
+    c.add_argument("--config", default="config.yaml")
+    c.set_defaults(func=cmd_config)
+
+    era5 = sub.add_parser("era5", help="ERA5 stages").add_subparsers(dest="stage", required=True)
+    for name, func, help_ in (("acquire", cmd_acquire, "download or generate one raw file"),
+                              ("regrid", cmd_regrid, "regrid one raw file to 5.625 deg"),
+                              ("assemble", cmd_assemble, "build model-ready Zarr splits")):
+        s = era5.add_parser(name, help=help_)
+        s.add_argument("--config", default="config.yaml", help="config YAML (validated)")
+        s.add_argument("--rule", default=None, help="Snakemake rule name, for MLflow tags")
+        s.set_defaults(func=func)
+        if name in ("acquire", "regrid"):
+            s.add_argument("--group", required=True, choices=["pressure", "single", "static"])
+            s.add_argument("--period", required=True, help="a year, or 'static'")
+        if name == "acquire":
+            s.add_argument("--output", required=True)
+        if name == "regrid":
+            s.add_argument("--input", required=True)
+            s.add_argument("--output", required=True)
+            s.add_argument("--preview", default=None, help="PNG map before/after")
+            s.add_argument("--weights-dir", default=None, help="xESMF weights cache folder")
+        if name == "assemble":
+            s.add_argument("--inputs", nargs="+", required=True, help="regridded NetCDF files")
+            s.add_argument("--output-dir", required=True)
+
+    b = sub.add_parser("bench", help="benchmarks (print measured ratios)").add_subparsers(dest="what", required=True)
+    br = b.add_parser("era5", help="regrid throughput per backend and ERA5 stage wall times")
+    br.add_argument("--config", default="config.yaml")
+    br.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
+    br.set_defaults(func=cmd_bench_regrid)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; bad input exits with status 2 and a one-line message naming the file."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        args.func(args)
+    except InputError as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

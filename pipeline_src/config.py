@@ -1,0 +1,130 @@
+"""Typed view of config.yaml: load, fill schema defaults, validate, check semantics."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .era5.channels import Channel, required_fields, resolve_channels
+from .io import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SPLITS = ("train", "val", "test")
+
+
+def _with_defaults(validator_class):
+    """A jsonschema validator that fills `default` values while validating."""
+    validate_props = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def load_schema() -> dict:
+    """The pipeline's JSON schema (workflow/schemas/config.schema.yaml)."""
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def validate_dict(raw: dict, source: str = "config") -> dict:
+    """Fill defaults and validate a config dict; raise ConfigError naming the bad key."""
+    cfg = copy.deepcopy(raw) if raw is not None else {}
+    schema = load_schema()
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    # Defaults are filled while validating, so validate twice: the second pass checks
+    # the filled-in defaults themselves against their sub-schemas.
+    for _ in range(2):
+        errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+        if errors:
+            err = errors[0]
+            where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+            raise ConfigError(source, f"{where}: {err.message}")
+    _check_semantics(cfg, source)
+    return cfg
+
+
+def _check_semantics(cfg: dict, source: str) -> None:
+    years = cfg["era5"]["years"]
+    seen: dict[int, str] = {}
+    for split in SPLITS:
+        for year in years[split]:
+            if year in seen:
+                raise ConfigError(source, f"era5.years: {year} is in both {seen[year]} and "
+                                          f"{split}; splits must not overlap")
+            seen[year] = split
+    try:
+        resolve_channels(cfg["era5"]["channels"])
+    except ConfigError as err:
+        raise ConfigError(source, f"era5.channels: {err.problem}") from None
+    grid = cfg["era5"]["grid_deg"]
+    if abs(360 / grid - round(360 / grid)) > 1e-9:
+        raise ConfigError(source, f"era5.grid_deg: {grid} does not divide 360")
+
+
+def load(path: str | Path) -> "Config":
+    """Read, default-fill and validate a YAML config file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(path, "config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(path, f"not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "config must be a mapping at the top level")
+    return Config(validate_dict(raw, str(path)))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration; stages read their settings through it."""
+
+    data: dict
+
+    @property
+    def era5(self) -> dict:
+        """The era5 section, defaults filled."""
+        return self.data["era5"]
+
+    @property
+    def mlflow(self) -> dict:
+        """The mlflow section, defaults filled."""
+        return self.data["mlflow"]
+
+    @property
+    def channels(self) -> list[Channel]:
+        """Channels to assemble, in order."""
+        return resolve_channels(self.era5["channels"])
+
+    @property
+    def required(self) -> dict[str, dict]:
+        """Raw variables and levels needed per file group (pressure, single, static)."""
+        return required_fields(self.channels)
+
+    @property
+    def all_years(self) -> list[int]:
+        """Every year of every split, sorted."""
+        return sorted(y for s in SPLITS for y in self.era5["years"][s])
+
+    def section_hash(self, *keys: str) -> str:
+        """Short stable hash of config sections: rerun triggers for Snakemake params."""
+        sub = {k: self.data.get(k) if "." not in k else _dig(self.data, k) for k in keys}
+        return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _dig(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d[part]
+    return d

@@ -1,0 +1,1 @@
+"""ERA5 stages: acquire (cds, arco, synthetic) -> regrid -> assemble."""

@@ -1,0 +1,192 @@
+"""A seeded synthetic ERA5: learnable structure, written in the real CDS NetCDF layout.
+
+Structure a forecaster can learn but not trivially: a seasonal cycle of opposite sign in
+the two hemispheres, meridional gradients and mid-latitude jets, eastward-propagating
+planetary waves whose complex amplitudes drift as AR(1) processes (so skill decays with
+lead time), vertical coherence (the same waves at every level, stronger and tilted
+aloft), winds in balance with the geopotential waves, humidity following temperature,
+land-sea contrast in 2 m temperature, and white noise.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from .channels import G, GROUP_VARS
+from .grids import cds_grid
+from .layout import expected_times
+from .netcdf import write_era5_netcdf
+
+EPOCH = pd.Timestamp("1940-01-01")
+LAST = pd.Timestamp("2101-01-01")
+WAVENUMBERS = np.array([2, 3, 4, 5, 6, 7])
+CHUNK_STEPS = 32  # fixed, so that the noise does not depend on how the file is written
+GROUP_ID = {"pressure": 1, "single": 2, "static": 3}
+NOISE = {"z": G * 6.0, "t": 0.6, "u": 1.2, "v": 1.2, "q": 0.05, "t2m": 0.8, "u10": 0.9, "v10": 0.9}
+
+
+def standard_height(p_hpa):
+    """Height (m) of a pressure surface in the ICAO standard atmosphere."""
+    return 44330.8 * (1 - (np.asarray(p_hpa, float) / 1013.25) ** 0.190263)
+
+
+def standard_temperature(p_hpa):
+    """A smooth standard-atmosphere-like temperature (K) at pressure p (hPa)."""
+    return np.maximum(288.0 * (np.asarray(p_hpa, float) / 1000.0) ** 0.19, 210.0)
+
+
+class SyntheticERA5:
+    """Fields of a synthetic reanalysis on the CDS grid of spacing `grid_deg`."""
+
+    def __init__(self, seed: int = 0, grid_deg: float = 0.25, noise: float = 1.0):
+        self.seed = seed
+        self.noise = noise
+        self.lat, self.lon = cds_grid(grid_deg)  # lat 90 -> -90 as the CDS writes it
+        self.phi = np.deg2rad(self.lat)[:, None]
+        self.lam = np.deg2rad(self.lon)[None, :]
+        rng = np.random.default_rng([seed, 0])
+        k = WAVENUMBERS.size
+        self.omega = WAVENUMBERS * rng.uniform(0.08, 0.15, k)  # rad/day: eastward phase speed
+        self.theta = rng.uniform(0, 2 * np.pi, (k, 2))
+        self.tau = rng.uniform(5.0, 12.0, (k, 2))  # amplitude memory in days
+        self.amp_scale = 1.0 / np.sqrt(WAVENUMBERS)[:, None]
+
+    @cached_property
+    def _amplitudes(self) -> np.ndarray:
+        """Daily complex AR(1) amplitudes, (days since EPOCH, wave, hemisphere)."""
+        n = (LAST - EPOCH).days + 1
+        rng = np.random.default_rng([self.seed, 1])
+        a = np.exp(-1.0 / self.tau)
+        shocks = (rng.standard_normal((n, *a.shape)) + 1j * rng.standard_normal((n, *a.shape)))
+        shocks *= np.sqrt((1 - a**2) / 2)
+        out = np.empty((n, *a.shape), complex)
+        out[0] = shocks[0] / np.sqrt(1 - a**2)
+        for i in range(1, n):
+            out[i] = a * out[i - 1] + shocks[i]
+        return out * self.amp_scale
+
+    @cached_property
+    def _envelopes(self):
+        lat = self.lat[:, None]
+        env = np.stack([np.exp(-((lat - 45) / 15) ** 2), np.exp(-((lat + 45) / 15) ** 2)], 0)[..., 0]
+        d_env = env * np.stack([-2 * (self.lat - 45) / 15**2, -2 * (self.lat + 45) / 15**2]) * (180 / np.pi)
+        return env, d_env  # (hemisphere, lat), derivative per radian of latitude
+
+    @cached_property
+    def static(self) -> dict[str, np.ndarray]:
+        """Land-sea mask (0..1) and surface geopotential (m2 s-2), (lat, lon)."""
+        rng = np.random.default_rng([self.seed, 2])
+        field = np.zeros((self.lat.size, self.lon.size))
+        relief = np.zeros_like(field)
+        for m in range(1, 5):
+            for n in range(1, 4):
+                a, b, c, d = rng.standard_normal(4)
+                field += a * np.cos(m * self.lam + 3 * b) * np.cos(n * self.phi + 3 * c) / (m + n)
+                relief += d * np.cos((m + 2) * self.lam + b) * np.sin((n + 1) * self.phi + c)
+        thr = np.quantile(field, 0.7)
+        lsm = np.clip((field - thr) / (0.3 * field.std()) + 0.5, 0, 1)
+        lsm[self.lat < -70] = 1.0  # an Antarctica
+        orography = lsm * (300 + 1200 * np.maximum(relief / relief.std(), 0))
+        return {"lsm": lsm, "z": G * orography}
+
+    def waves(self, times: pd.DatetimeIndex, shift: float):
+        """Wave pattern W and its derivatives in lon and lat, each (time, lat, lon)."""
+        days = np.asarray((times - EPOCH) / pd.Timedelta(days=1))
+        lo = np.floor(days).astype(int)
+        w = (days - lo)[:, None, None]
+        amp = self._amplitudes[lo] * (1 - w) + self._amplitudes[lo + 1] * w  # (t, k, h)
+        phase = -self.omega[None, :, None] * days[:, None, None] + self.theta[None] \
+            - WAVENUMBERS[None, :, None] * shift
+        b = amp * np.exp(1j * phase)  # (t, k, h)
+        klam = WAVENUMBERS[:, None] * self.lam  # (k, lon)
+        cos, sin = np.cos(klam), np.sin(klam)
+        kcos, ksin = WAVENUMBERS[:, None] * cos, WAVENUMBERS[:, None] * sin
+        env, d_env = self._envelopes  # (h, lat)
+        # contract hemispheres first: (t, k, h) x (h, lat) -> (t, lat, k), then k with lon
+        re, im = (b.real @ env).transpose(0, 2, 1), (b.imag @ env).transpose(0, 2, 1)
+        d_re, d_im = (b.real @ d_env).transpose(0, 2, 1), (b.imag @ d_env).transpose(0, 2, 1)
+        w_ = re @ cos - im @ sin
+        dlam = -(re @ ksin) - im @ kcos
+        dphi = d_re @ cos - d_im @ sin
+        return w_, dlam, dphi
+
+    def level_fields(self, times: pd.DatetimeIndex, p: float) -> dict[str, np.ndarray]:
+        """Noise-free z, t, u, v, q at pressure p (hPa), each (time, lat, lon)."""
+        big_p = p / 1000.0
+        doy = np.asarray((times - times.normalize()) / pd.Timedelta(days=1)) + np.asarray(times.dayofyear) - 1
+        season = np.cos(2 * np.pi * (doy - 15) / 365.25)[:, None, None]
+        s, c = np.sin(self.phi), np.cos(self.phi)
+        amp = 0.6 + 0.8 * (1 - big_p)
+        w, dlam, dphi = self.waves(times, shift=0.25 * (1 - big_p))
+        height = standard_height(p) - 350 * (1.1 - big_p) * s**2 - 60 * (1.1 - big_p) * s * season \
+            + 120 * amp * w
+        t_std = standard_temperature(p)
+        temp = t_std - 30 * s**2 * (0.5 + 0.5 * big_p) - 10 * s * season * (0.3 + 0.7 * big_p) + 4 * amp * w
+        jet = 30 * (1.2 - big_p) * np.exp(-((np.abs(self.lat[:, None]) - 35) / 12) ** 2) \
+            * (1 + 0.3 * season * np.sign(s))
+        u = jet - 3 * amp * dphi
+        v = 3 * amp * dlam
+        q = 0.018 * big_p**3 * np.exp(0.07 * (temp - t_std)) * (0.3 + 0.7 * c**2)
+        return {"z": G * height, "t": temp, "u": u, "v": v, "q": q}
+
+    def _noisy(self, fields: dict, rng: np.random.Generator) -> dict:
+        out = {}
+        for name, arr in fields.items():
+            eps = rng.standard_normal(arr.shape) * NOISE[name] * self.noise
+            out[name] = arr * (1 + eps) if name == "q" else arr + eps
+        if "q" in out:
+            out["q"] = np.maximum(out["q"], 1e-7)
+        return out
+
+    def pressure_chunk(self, times, levels, variables, rng) -> dict[str, np.ndarray]:
+        """(time, level, lat, lon) arrays of the requested pressure-level variables."""
+        per_level = [self._noisy({v: f[v] for v in variables}, rng)
+                     for f in (self.level_fields(times, p) for p in levels)]
+        return {v: np.stack([pl[v] for pl in per_level], axis=1).astype(np.float32) for v in variables}
+
+    def single_chunk(self, times, variables, rng) -> dict[str, np.ndarray]:
+        """(time, lat, lon) arrays of t2m, u10, v10."""
+        base = self.level_fields(times, 1000.0)
+        doy = np.asarray(times.dayofyear)
+        season = np.cos(2 * np.pi * (doy - 15) / 365.25)[:, None, None]
+        lsm, orog = self.static["lsm"], self.static["z"] / G
+        fields = {
+            "t2m": base["t"] + 2.0 - lsm * 6 * np.sin(self.phi) * season - 0.0065 * orog,
+            "u10": 0.7 * base["u"],
+            "v10": 0.7 * base["v"],
+        }
+        return {k: a.astype(np.float32) for k, a in self._noisy({v: fields[v] for v in variables}, rng).items()}
+
+
+def write_synthetic(path, group: str, period: str, need: dict, cfg_era5: dict) -> None:
+    """Write one synthetic raw file (group, year or 'static') in the CDS layout."""
+    syn = cfg_era5["synthetic"]
+    gen = SyntheticERA5(seed=syn["seed"], grid_deg=cfg_era5["grid_deg"], noise=syn["noise"])
+    variables = [v for v in GROUP_VARS[group] if v in need["vars"]]
+    history = f"synthetic ERA5 (dchag pipeline), seed {syn['seed']}, layout {syn['layout']}"
+    if group == "static":
+        first = min(y for s in cfg_era5["years"].values() for y in s)
+        times = pd.DatetimeIndex([pd.Timestamp(f"{first}-01-01")])
+        chunks = [(slice(0, 1), {v: gen.static[v][None].astype(np.float32) for v in variables})]
+        levels = None
+    else:
+        times = expected_times(period, cfg_era5["hours"])
+        # the CDS lists pressure levels in descending hPa
+        levels = need["levels"][::-1] if group == "pressure" else None
+
+        def chunks_iter():
+            for start in range(0, len(times), CHUNK_STEPS):
+                sl = slice(start, min(start + CHUNK_STEPS, len(times)))
+                rng = np.random.default_rng([syn["seed"], GROUP_ID[group], int(period), start])
+                if group == "pressure":
+                    arrays = gen.pressure_chunk(times[sl], levels, variables, rng)
+                else:
+                    arrays = gen.single_chunk(times[sl], variables, rng)
+                yield sl, arrays
+
+        chunks = chunks_iter()
+    write_era5_netcdf(path, group, gen.lat, gen.lon, times, levels, chunks, variables,
+                      layout=syn["layout"], history=history)

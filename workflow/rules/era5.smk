@@ -1,0 +1,82 @@
+# ERA5: acquire (login node) -> regrid (per group and year) -> assemble (one job).
+ERA5 = CFG.era5
+ERA5_SOURCE = ERA5["source"]
+ERA5_PIECES = [(g, str(y)) for g in ("pressure", "single") if g in CFG.required for y in CFG.all_years]
+if "static" in CFG.required:
+    ERA5_PIECES.append(("static", "static"))
+ASSEMBLED = f"{RESULTS}/era5/assembled"
+
+wildcard_constraints:
+    group="pressure|single|static",
+    period=r"\d{4}|static",
+
+# Downloads need the internet: on clusters they run on the login node.
+localrules:
+    era5_acquire,
+
+
+rule era5_all:
+    input:
+        f"{ASSEMBLED}/manifest.json",
+
+
+rule era5_acquire:
+    output:
+        f"{RESOURCES}/era5/{ERA5_SOURCE}/{{group}}/{{period}}.nc",
+    params:
+        config_hash=CFG.section_hash("era5.source", "era5.years", "era5.hours", "era5.channels",
+                                     "era5.grid_deg", "era5.synthetic", "era5.cds", "era5.arco"),
+    log:
+        f"{LOGS}/era5/acquire/{{group}}_{{period}}.log",
+    conda:
+        "../../envs/era5.yaml"
+    shell:
+        "{CLI} era5 acquire --config {EFFECTIVE_CONFIG} --rule {rule} "
+        "--group {wildcards.group} --period {wildcards.period} --output {output} 2> {log}"
+
+
+rule era5_regrid:
+    input:
+        f"{RESOURCES}/era5/{ERA5_SOURCE}/{{group}}/{{period}}.nc",
+    output:
+        data=f"{RESULTS}/era5/regridded/{{group}}/{{period}}.nc",
+        preview=report(f"{RESULTS}/era5/regridded/{{group}}/{{period}}.png",
+                       caption="../report/regrid_preview.rst", category="ERA5 regridding"),
+    params:
+        config_hash=CFG.section_hash("era5.regrid", "era5.channels", "era5.hours"),
+        weights=f"{RESULTS}/era5/regrid_weights",
+    log:
+        f"{LOGS}/era5/regrid/{{group}}_{{period}}.log",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/era5.yaml"
+    shell:
+        "{CLI} era5 regrid --config {EFFECTIVE_CONFIG} --rule {rule} "
+        "--group {wildcards.group} --period {wildcards.period} --input {input} "
+        "--output {output.data} --preview {output.preview} --weights-dir {params.weights} 2> {log}"
+
+
+rule era5_assemble:
+    input:
+        [f"{RESULTS}/era5/regridded/{g}/{p}.nc" for g, p in ERA5_PIECES],
+    output:
+        splits=[directory(f"{ASSEMBLED}/{s}.zarr") for s in ("train", "val", "test")],
+        climatology=directory(f"{ASSEMBLED}/climatology.zarr"),
+        stats=f"{ASSEMBLED}/normalization.json",
+        manifest=f"{ASSEMBLED}/manifest.json",
+    params:
+        config_hash=CFG.section_hash("era5.assemble", "era5.channels", "era5.years", "era5.hours"),
+    log:
+        f"{LOGS}/era5/assemble.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../../envs/era5.yaml"
+    shell:
+        "{CLI} era5 assemble --config {EFFECTIVE_CONFIG} --rule {rule} "
+        "--inputs {input} --output-dir {ASSEMBLED} 2> {log}"
