@@ -1,0 +1,52 @@
+"""Shared fixtures: small configs and raw files written in the real CDS layout."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from pipeline_src.config import Config, validate_dict
+from pipeline_src.era5.synthetic import write_synthetic
+
+SMALL = {
+    "run_name": "test",
+    "era5": {
+        "source": "synthetic",
+        "years": {"train": [2010], "val": [2011], "test": [2012]},
+        "hours": [0],
+        "channels": ["z_500", "t_850", "u_850", "q_850", "t2m", "u10", "lsm", "orography"],
+        "grid_deg": 10.0,
+        "synthetic": {"seed": 3},
+        "regrid": {"time_chunk": 32},
+        "assemble": {"shard_steps": 32, "climatology_window_days": 15},
+    },
+    "mlflow": {"enabled": False},
+}
+
+
+def small_config(**era5_overrides) -> Config:
+    """The SMALL config with era5 keys replaced, validated."""
+    raw = copy.deepcopy(SMALL)
+    raw["era5"].update(era5_overrides)
+    return Config(validate_dict(raw))
+
+
+@pytest.fixture
+def cfg() -> Config:
+    return small_config()
+
+
+@pytest.fixture(scope="session")
+def raw_files(tmp_path_factory):
+    """Synthetic raw files for every (group, period) of the SMALL config (read-only: copy to edit)."""
+    cfg = small_config()
+    tmp_path = tmp_path_factory.mktemp("raw")
+    files = {}
+    for group, need in cfg.required.items():
+        periods = ["static"] if group == "static" else [str(y) for y in cfg.all_years]
+        for period in periods:
+            path = tmp_path / "raw" / group / f"{period}.nc"
+            write_synthetic(path, group, period, need, cfg.era5)
+            files[(group, period)] = path
+    return files

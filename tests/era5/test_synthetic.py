@@ -1,0 +1,100 @@
+"""The synthetic source: real CDS layouts, deterministic, with learnable structure."""
+
+import netCDF4
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from pipeline_src.era5.channels import G
+from pipeline_src.era5.layout import open_raw
+from pipeline_src.era5.synthetic import SyntheticERA5, standard_height, write_synthetic
+from tests.conftest import small_config
+
+
+def test_new_cds_layout(raw_files):
+    with netCDF4.Dataset(raw_files[("pressure", "2010")]) as nc:
+        assert nc.file_format == "NETCDF4"
+        assert list(nc.dimensions) == ["valid_time", "pressure_level", "latitude", "longitude"]
+        assert nc["valid_time"].units == "seconds since 1970-01-01"
+        assert nc["z"].dimensions == ("valid_time", "pressure_level", "latitude", "longitude")
+        assert nc["z"].dtype == np.float32
+        assert nc["latitude"][0] == 90 and nc["latitude"][-1] == -90
+        assert list(nc["pressure_level"][:]) == [850, 500]  # CDS order: descending hPa
+        assert set(nc.variables) >= {"number", "expver", "z", "t", "u", "q"}
+    with netCDF4.Dataset(raw_files[("single", "2010")]) as nc:
+        assert set(nc.variables) >= {"t2m", "u10"}
+
+
+def test_old_layout_is_packed_and_decodes_to_the_same_fields(tmp_path):
+    cfg_new, cfg_old = small_config(), small_config(synthetic={"seed": 3, "layout": "old"})
+    need = cfg_new.required["pressure"]
+    write_synthetic(tmp_path / "new.nc", "pressure", "2010", need, cfg_new.era5)
+    write_synthetic(tmp_path / "old.nc", "pressure", "2010", need, cfg_old.era5)
+    with netCDF4.Dataset(tmp_path / "old.nc") as nc:
+        assert nc.file_format == "NETCDF3_64BIT_OFFSET"
+        assert "time" in nc.dimensions and "level" in nc.dimensions
+        assert nc["t"].dtype == np.int16 and hasattr(nc["t"], "scale_factor")
+        assert nc["time"].units.startswith("hours since 1900-01-01")
+    a = open_raw(tmp_path / "new.nc", "pressure", need, 10.0, [0], "2010").load()
+    b = open_raw(tmp_path / "old.nc", "pressure", need, 10.0, [0], "2010").load()
+    for var, tol in (("z", 3.0), ("t", 0.01), ("u", 0.01), ("q", 1e-6)):
+        np.testing.assert_allclose(b[var].values, a[var].values, atol=tol, rtol=0)
+
+
+def test_deterministic_and_seeded(tmp_path, cfg):
+    need = cfg.required["single"]
+    write_synthetic(tmp_path / "a.nc", "single", "2011", need, cfg.era5)
+    write_synthetic(tmp_path / "b.nc", "single", "2011", need, cfg.era5)
+    other = small_config(synthetic={"seed": 4})
+    write_synthetic(tmp_path / "c.nc", "single", "2011", need, other.era5)
+    a, b, c = (xr.open_dataset(tmp_path / f"{n}.nc") for n in "abc")
+    xr.testing.assert_identical(a.t2m, b.t2m)
+    assert float(abs(a.t2m - c.t2m).max()) > 1.0
+
+
+def test_year_files_join_up_as_one_series():
+    # amplitudes come from one series from the epoch, so Dec 31 -> Jan 1 is continuous
+    gen = SyntheticERA5(seed=1, grid_deg=10.0)
+    times = pd.date_range("2010-12-30", "2011-01-02", freq="6h")
+    w, _, _ = gen.waves(times, shift=0.0)
+    steps = np.abs(np.diff(w, axis=0)).max(axis=(1, 2))
+    assert steps.max() < 3 * np.median(steps)
+
+
+def test_physical_structure():
+    gen = SyntheticERA5(seed=0, grid_deg=5.0)
+    times = pd.date_range("2010-01-01", "2010-12-31", freq="D")
+    f500, f850 = gen.level_fields(times, 500.0), gen.level_fields(times, 850.0)
+    # geopotential near the standard atmosphere, increasing with height everywhere
+    assert abs(f500["z"].mean() / G - standard_height(500)) < 300
+    assert (f500["z"] > f850["z"]).all()
+    # seasonal cycle of opposite sign in the hemispheres (850 hPa temperature)
+    north, south = gen.lat > 30, gen.lat < -30
+    jan, jul = slice(0, 31), slice(181, 212)
+    t = f850["t"]
+    assert t[jul][:, north].mean() - t[jan][:, north].mean() > 5
+    assert t[jan][:, south].mean() - t[jul][:, south].mean() > 5
+    # meridional gradient: tropics warmer than poles
+    assert t[:, np.abs(gen.lat) < 20].mean() - t[:, np.abs(gen.lat) > 60].mean() > 15
+    # vertical coherence: the wave anomalies of z500 and z850 correlate
+    a500 = f500["z"] - f500["z"].mean(axis=(0, 2), keepdims=True)
+    a850 = f850["z"] - f850["z"].mean(axis=(0, 2), keepdims=True)
+    mid = (np.abs(gen.lat) > 30) & (np.abs(gen.lat) < 60)
+    assert np.corrcoef(a500[:, mid].ravel(), a850[:, mid].ravel())[0, 1] > 0.7
+    # eastward propagation: tomorrow's anomaly matches today's shifted east, not west
+    row = a500[:, np.argmin(np.abs(gen.lat - 45))]
+    east = np.mean([np.corrcoef(row[i + 1], np.roll(row[i], 1))[0, 1] for i in range(200)])
+    west = np.mean([np.corrcoef(row[i + 1], np.roll(row[i], -1))[0, 1] for i in range(200)])
+    assert east > west + 0.05
+    # predictability decays with lead time (AR(1) amplitudes): lag-1 >> lag-30 autocorrelation
+    lag = {k: np.mean([np.corrcoef(row[i], row[i + k])[0, 1] for i in range(300)]) for k in (1, 30)}
+    assert lag[1] > 0.6 and abs(lag[30]) < 0.3
+
+
+def test_humidity_positive_and_winds_sane():
+    gen = SyntheticERA5(seed=2, grid_deg=5.0)
+    times = pd.date_range("2015-06-01", periods=20, freq="D")
+    rng = np.random.default_rng(0)
+    p = gen.pressure_chunk(times, [1000, 500, 50], ["q", "u", "v"], rng)
+    assert (p["q"] > 0).all() and p["q"].max() < 0.05
+    assert np.abs(p["u"]).max() < 120 and np.abs(p["v"]).max() < 120

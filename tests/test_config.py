@@ -1,0 +1,59 @@
+import pytest
+import yaml
+
+from pipeline_src import config
+from pipeline_src.io import ConfigError
+from tests.conftest import SMALL, small_config
+
+
+def test_defaults_are_filled():
+    cfg = config.Config(config.validate_dict({"era5": {"source": "synthetic",
+                                                       "years": {"train": [2000], "val": [2001], "test": [2002]}}}))
+    assert cfg.era5["regrid"] == {"backend": "auto", "method": "bilinear", "time_chunk": 64, "target_grid_deg": 5.625}
+    assert cfg.era5["hours"] == [0, 6, 12, 18]
+    assert len(cfg.channels) == 80  # the paper preset
+    assert cfg.mlflow["experiment"] == "dchag"
+
+
+def test_paper_preset_has_80_channels_in_groups():
+    cfg = small_config(channels="paper")
+    need = cfg.required
+    assert len(cfg.channels) == 80
+    assert need["pressure"]["vars"] == ["z", "t", "u", "v", "q"]
+    assert len(need["pressure"]["levels"]) == 15
+    assert need["single"]["vars"] == ["t2m", "u10", "v10"]
+    assert need["static"]["vars"] == ["lsm", "z"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"channels": ["z_500", "zz_500"]}, "unknown channel 'zz_500'"),
+    ({"channels": ["t_123"]}, "123 hPa is not an ERA5 pressure level"),
+    ({"years": {"train": [2010, 2011], "val": [2011], "test": [2012]}}, "2011 is in both train and val"),
+    ({"years": {"train": [], "val": [2011], "test": [2012]}}, "era5.years.train"),
+    ({"grid_deg": 0.7}, "does not divide 360"),
+    ({"source": "ftp"}, "era5.source"),
+    ({"regrid": {"method": "cubic"}}, "era5.regrid.method"),
+    ({"bogus": 1}, "Additional properties are not allowed ('bogus'"),
+])
+def test_bad_config_is_rejected_with_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        small_config(**override)
+    assert message in str(err.value)
+
+
+def test_load_names_the_file(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("era5: [unclosed")
+    with pytest.raises(ConfigError, match=f"{bad}: not valid YAML"):
+        config.load(bad)
+    with pytest.raises(ConfigError, match="config file not found"):
+        config.load(tmp_path / "missing.yaml")
+    good = tmp_path / "g.yaml"
+    good.write_text(yaml.safe_dump(SMALL))
+    assert config.load(good).era5["grid_deg"] == 10.0
+
+
+def test_shipped_config_is_valid():
+    cfg = config.load(config.REPO_ROOT / "config.yaml")
+    assert cfg.era5["source"] == "synthetic"
+    assert [c.name for c in cfg.channels][-2:] == ["lsm", "orography"]
