@@ -1,0 +1,133 @@
+"""Snakemake end to end on a tiny config in a temporary directory; MLflow read back."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import xarray as xr
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline_src.config import REPO_ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+SECRET = "e2e-sentinel-cds-key-9f8e7d6c"
+TINY = {
+    "run_name": "e2e",
+    "era5": {
+        "source": "synthetic",
+        "years": {"train": [2010], "val": [2011], "test": [2012]},
+        "hours": [0, 12],
+        "channels": ["z_500", "t_850", "t2m", "orography"],
+        "grid_deg": 10.0,
+        "synthetic": {"seed": 1},
+        "assemble": {"shard_steps": 32},
+    },
+    "mlflow": {"experiment": "e2e"},
+}
+
+
+def snakemake(workdir: Path, *args, check=True):
+    env = dict(os.environ, CDSAPI_KEY=SECRET,
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("SNAKEMAKE_PROFILE", None)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile"), "-d", str(workdir),
+           "--cores", "2", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def workflow_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("wf")
+    (wd / "config.yaml").write_text(yaml.safe_dump(TINY))
+    proc = snakemake(wd)
+    return wd, proc
+
+
+def _runs(wd):
+    client = MlflowClient(f"sqlite:///{wd / 'results/mlflow/mlflow.db'}")
+    exp = client.get_experiment_by_name("e2e")
+    return client, client.search_runs([exp.experiment_id], max_results=500)
+
+
+def test_outputs(workflow_run):
+    wd, _ = workflow_run
+    out = wd / "results/era5/assembled"
+    train = xr.open_zarr(out / "train.zarr", consolidated=False)
+    assert train.fields.shape == (730, 4, 32, 64)  # 365 days x 2 hours
+    assert list(train.channel.values) == ["z_500", "t_850", "t2m", "orography"]
+    assert (out / "normalization.json").exists() and (out / "climatology.zarr").is_dir()
+    assert (wd / "results/era5/regridded/pressure/2011.png").stat().st_size > 1000
+    assert not list(wd.rglob(".*.tmp-*"))  # no temporaries left
+
+
+def test_mlflow_parent_and_children(workflow_run):
+    wd, _ = workflow_run
+    client, runs = _runs(wd)
+    parents = [r for r in runs if r.data.tags.get("kind") == "workflow"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    pid = parents[0].info.run_id
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == pid]
+    by_rule = {}
+    for r in children:
+        by_rule.setdefault(r.data.tags["rule"], []).append(r)
+    # 3 years x (pressure, single) + static, for acquire and regrid; one assemble
+    assert {k: len(v) for k, v in by_rule.items()} == {"era5_acquire": 7, "era5_regrid": 7, "era5_assemble": 1}
+    assert all(r.info.status == "FINISHED" for r in children)
+    regrid = by_rule["era5_regrid"][0]
+    assert regrid.data.tags["stage"] == "era5_regrid" and regrid.data.tags["regrid_backend"] == "xarray-regrid"
+    assert regrid.data.metrics["fields_per_s"] > 0 and "version.xarray" in regrid.data.params
+    assert [f.path for f in client.list_artifacts(regrid.info.run_id, "previews")][0].endswith(".png")
+    asm = by_rule["era5_assemble"][0]
+    assert {f.path for f in client.list_artifacts(asm.info.run_id, "data")} == \
+        {"data/normalization.json", "data/manifest.json"}
+    assert parents[0].data.params["era5.grid_deg"] == "10.0"
+
+
+def test_secret_never_written(workflow_run):
+    wd, proc = workflow_run
+    assert SECRET not in proc.stdout + proc.stderr
+    for path in wd.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_rerun_one_stage(workflow_run):
+    wd, _ = workflow_run
+    before = (wd / "results/era5/regridded/pressure/2010.nc").stat().st_mtime_ns
+    proc = snakemake(wd, "-R", "era5_assemble")
+    assert "era5_regrid" not in proc.stderr.split("Job stats")[1].split("Select jobs")[0]
+    assert (wd / "results/era5/regridded/pressure/2010.nc").stat().st_mtime_ns == before
+    _, runs = _runs(wd)
+    parents = [r for r in runs if r.data.tags.get("kind") == "workflow"]
+    assert len(parents) == 2
+    latest = max(parents, key=lambda r: r.info.start_time).info.run_id
+    assert [r.data.tags["rule"] for r in runs if r.data.tags.get("mlflow.parentRunId") == latest] == ["era5_assemble"]
+
+
+def test_bad_config_fails_clearly(tmp_path):
+    bad = dict(TINY, era5=dict(TINY["era5"], years={"train": [2010], "val": [2010], "test": [2012]}))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(bad))
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    assert "2010 is in both train and val" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("profile", ["slurm", "frontier"])
+def test_cluster_profiles_dry_run_from_repo_root(profile, tmp_path):
+    env = dict(os.environ, DCHAG_SLURM_ACCOUNT="abc123", DCHAG_SLURM_PARTITION="cpu")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", f"profiles/{profile}", "-n",
+                           "--forceall"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "slurm_account=abc123" in out
+    assert "rule era5_acquire:" in out and "rule era5_regrid:" in out
+    if profile == "frontier":
+        assert "slurm_partition=batch" in out and "constraint=nvme" in out and "cpus_per_task=56" in out
+    else:
+        assert "slurm_partition=cpu" in out

@@ -1,0 +1,66 @@
+"""MLflow: deferred run records filed as child runs, redaction, standalone runs."""
+
+import os
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline_src import tracking
+
+SECRET = "zz-secret-cds-key-0123456789"
+
+
+@pytest.fixture
+def mlcfg(tmp_path):
+    return {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "t", "enabled": True}
+
+
+def test_records_become_child_runs(tmp_path, mlcfg, monkeypatch):
+    monkeypatch.setenv("CDSAPI_KEY", SECRET)
+    for var in (tracking.PARENT_ENV, tracking.RECORDS_ENV, "RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    parent = tracking.start_workflow_run(mlcfg, "wf", {"a": {"b": 1}, "api_key": "x"},
+                                         records_root=tmp_path / "pending")
+    assert os.environ[tracking.PARENT_ENV] == parent
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    art = tmp_path / "map.png"
+    art.write_bytes(b"\x89PNG fake")
+    with tracking.stage_run(mlcfg, "era5_regrid", "era5_regrid", {"note": f"key={SECRET}"}) as run:
+        run.log_metrics({"fields": 10, "seconds": 2.5, "backend": "not a number"})
+        run.set_tags({"regrid_backend": "xarray-regrid"})
+        run.log_artifact(art, "previews")
+    with pytest.raises(RuntimeError):
+        with tracking.stage_run(mlcfg, "era5_assemble", "era5_assemble", {}):
+            raise RuntimeError("boom")
+    tracking.end_workflow_run(mlcfg, ok=False)
+
+    client = MlflowClient(mlcfg["tracking_uri"])
+    exp = client.get_experiment_by_name("t")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {"wf", "era5_regrid", "era5_assemble"}
+    assert runs["wf"].info.status == "FAILED" and runs["wf"].data.params["api_key"] == "***"
+    child = runs["era5_regrid"]
+    assert child.data.tags["mlflow.parentRunId"] == parent
+    assert child.data.tags["stage"] == "era5_regrid" and child.data.tags["slurm_job_id"] == "4242"
+    assert child.data.tags["regrid_backend"] == "xarray-regrid"
+    assert child.data.metrics == {"fields": 10.0, "seconds": 2.5}
+    assert child.data.params["note"] == "key=***" and "version.xarray" in child.data.params
+    assert [f.path for f in client.list_artifacts(child.info.run_id, "previews")] == ["previews/map.png"]
+    assert runs["era5_assemble"].info.status == "FAILED"
+    assert not (tmp_path / "pending" / parent).exists()
+    assert SECRET.encode() not in (tmp_path / "mlflow.db").read_bytes()
+
+
+def test_standalone_run_and_non_zero_rank(mlcfg, monkeypatch):
+    for var in (tracking.PARENT_ENV, tracking.RECORDS_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RANK", "1")
+    with tracking.stage_run(mlcfg, "s") as run:
+        assert run.client is None  # rank 1 never writes
+    monkeypatch.setenv("RANK", "0")
+    with tracking.stage_run(mlcfg, "s") as run:
+        run.log_metrics({"x": 1})
+    client = MlflowClient(mlcfg["tracking_uri"])
+    (r,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert r.info.status == "FINISHED" and r.data.metrics == {"x": 1.0}
+    assert "mlflow.parentRunId" not in r.data.tags
