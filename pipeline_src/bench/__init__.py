@@ -1,0 +1,1 @@
+"""Benchmarks: they print measured numbers and ratios; tests never time anything."""
