@@ -121,7 +121,7 @@ def test_bad_config_fails_clearly(tmp_path):
 @pytest.mark.parametrize("profile", ["slurm", "frontier"])
 def test_cluster_profiles_dry_run_from_repo_root(profile, tmp_path):
     env = dict(os.environ, DCHAG_SLURM_ACCOUNT="abc123", DCHAG_SLURM_PARTITION="cpu")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", f"profiles/{profile}", "-n",
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", profile, "-n",
                            "--forceall"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
