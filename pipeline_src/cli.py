@@ -109,7 +109,7 @@ def cmd_assemble(args) -> None:
     log.info("assembled %d channels into %s (%.1f s)", metrics["n_channels"], out, metrics["seconds"])
 
 
-def cmd_bench_regrid(args) -> None:
+def cmd_bench_era5(args) -> None:
     """Print regridding throughput per importable backend and the ERA5 stage wall times."""
     from .bench.era5 import main as bench_main
 
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     br = b.add_parser("era5", help="regrid throughput per backend and ERA5 stage wall times")
     br.add_argument("--config", default="config.yaml")
     br.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
-    br.set_defaults(func=cmd_bench_regrid)
+    br.set_defaults(func=cmd_bench_era5)
     return p
 
 

@@ -50,3 +50,21 @@ def raw_files(tmp_path_factory):
             write_synthetic(path, group, period, need, cfg.era5)
             files[(group, period)] = path
     return files
+
+
+def load_nc(path):
+    """Read a NetCDF file fully and close it (open handles left to the garbage collector
+    can be finalised in the middle of another HDF5 call, which crashes HDF5)."""
+    import xarray as xr
+
+    with xr.open_dataset(path) as ds:
+        return ds.load()
+
+
+@pytest.fixture(autouse=True)
+def _collect_file_handles():
+    """Finalise leftover xarray file handles between tests, never inside an HDF5 call."""
+    import gc
+
+    yield
+    gc.collect()

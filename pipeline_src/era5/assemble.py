@@ -143,12 +143,14 @@ def assemble(cfg: Config, regridded: dict[tuple[str, str], Path], out_dir: str |
     static = _open_regridded(regridded[("static", "static")], 0).load() if "static" in groups else None
     backends = set()
     splits_meta = {}
+    opened = [static] if static is not None else []
     for split in SPLITS:
         years = sorted(era5["years"][split])
         stacks = []
         for year in years:
             files = {g: _open_regridded(regridded[(g, str(year))], shard)
                      for g in ("pressure", "single") if g in groups}
+            opened += files.values()
             backends.update(ds.attrs.get("regrid_backend", "?") for ds in files.values())
             stacks.append(channel_stack(channels, files.get("pressure"), files.get("single"), static))
         fields = xr.concat(stacks, dim="time").chunk({"time": shard, "channel": -1})
@@ -166,6 +168,8 @@ def assemble(cfg: Config, regridded: dict[tuple[str, str], Path], out_dir: str |
         splits_meta[split] = {"path": target.name, "years": years, "n_times": len(times),
                               "first": str(times[0]), "last": str(times[-1]), "bytes": tree_size(target)}
 
+    for ds in opened:  # close explicitly: HDF5 handles finalised by the GC can crash HDF5
+        ds.close()
     stats, clim = _train_statistics(out_dir / "train.zarr", channels, era5["hours"], shard)
     write_json(out_dir / "normalization.json", {
         "channels": [c.name for c in channels],

@@ -12,12 +12,11 @@ from pipeline_src.era5.channels import G
 from pipeline_src.era5.regrid import regrid_file
 from pipeline_src.era5.synthetic import standard_height
 from pipeline_src.io import InputError
+from tests.conftest import load_nc, small_config
 
 
 @pytest.fixture(scope="module")
 def assembled(tmp_path_factory, raw_files):
-    from tests.conftest import small_config
-
     cfg = small_config()
     tmp = tmp_path_factory.mktemp("asm")
     regridded = {}
@@ -55,7 +54,7 @@ def test_channel_values_are_physical(assembled):
     # static channels are constant in time; orography is surface geopotential / g in metres
     oro = f.sel(channel="orography")
     assert float(abs(oro - oro.isel(time=0)).max()) == 0
-    st = xr.open_dataset(regridded[("static", "static")])
+    st = load_nc(regridded[("static", "static")])
     np.testing.assert_allclose(oro.isel(time=0).values, st.z.values / G, rtol=1e-5)
     lsm = f.sel(channel="lsm")
     assert 0 <= float(lsm.min()) and float(lsm.max()) <= 1

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from tests.conftest import load_nc
 from pipeline_src.era5.grids import cds_grid, weatherbench_grid
 from pipeline_src.era5.regrid import choose_backend, regrid_dataset, regrid_file
 from pipeline_src.io import ConfigError
@@ -115,7 +116,7 @@ def test_xesmf_requested_without_esmf():
 def test_regrid_file_writes_canonical_output(cfg, raw_files, tmp_path):
     out = tmp_path / "r.nc"
     metrics, before, after = regrid_file(cfg, "pressure", "2010", raw_files[("pressure", "2010")], out)
-    ds = xr.open_dataset(out)
+    ds = load_nc(out)
     assert dict(ds.sizes) == {"time": 365, "level": 2, "latitude": 32, "longitude": 64}
     assert list(ds.level.values) == [500, 850]
     assert ds.attrs["regrid_backend"] == metrics["backend"] == "xarray-regrid"
@@ -128,6 +129,6 @@ def test_regrid_file_writes_canonical_output(cfg, raw_files, tmp_path):
     assert metrics["fields"] == 365 * 4 * 2
     static = tmp_path / "s.nc"
     regrid_file(cfg, "static", "static", raw_files[("static", "static")], static)
-    s = xr.open_dataset(static)
+    s = load_nc(static)
     assert dict(s.sizes) == {"latitude": 32, "longitude": 64}
     assert 0 <= float(s.lsm.min()) and float(s.lsm.max()) <= 1

@@ -12,7 +12,7 @@ from pipeline_src.era5.acquire import acquire
 from pipeline_src.era5.layout import open_raw
 from pipeline_src.era5.sources import cds_requests, fetch_cds, fetch_zarr
 from pipeline_src.io import InputError
-from tests.conftest import small_config
+from tests.conftest import load_nc, small_config
 
 SECRET = "abcd1234-5678-90ef-secret-token"
 
@@ -22,7 +22,7 @@ class FakeCDS:
     cut from a full synthetic year; can fail the first `fail` calls."""
 
     def __init__(self, year_file, fail=0, garbage=False):
-        self.year = xr.open_dataset(year_file).load()
+        self.year = load_nc(year_file)
         self.calls = []
         self.fail = fail
         self.garbage = garbage
@@ -119,9 +119,9 @@ def test_cds_key_never_reaches_logs(tmp_path, year_file, monkeypatch, caplog):
 
 def _arco_store(path, raw_files, cfg):
     """A local Zarr store in the ARCO-ERA5 layout: long names, time/level, lat 90 -> -90."""
-    p = xr.open_dataset(raw_files[("pressure", "2010")])
-    s = xr.open_dataset(raw_files[("single", "2010")])
-    st = xr.open_dataset(raw_files[("static", "static")])
+    p = load_nc(raw_files[("pressure", "2010")])
+    s = load_nc(raw_files[("single", "2010")])
+    st = load_nc(raw_files[("static", "static")])
     ds = xr.Dataset({
         "geopotential": p.z, "temperature": p.t, "u_component_of_wind": p.u,
         "specific_humidity": p.q, "2m_temperature": s.t2m, "10m_u_component_of_wind": s.u10,

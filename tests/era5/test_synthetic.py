@@ -8,7 +8,7 @@ import xarray as xr
 from pipeline_src.era5.channels import G
 from pipeline_src.era5.layout import open_raw
 from pipeline_src.era5.synthetic import SyntheticERA5, standard_height, write_synthetic
-from tests.conftest import small_config
+from tests.conftest import load_nc, small_config
 
 
 def test_new_cds_layout(raw_files):
@@ -47,7 +47,7 @@ def test_deterministic_and_seeded(tmp_path, cfg):
     write_synthetic(tmp_path / "b.nc", "single", "2011", need, cfg.era5)
     other = small_config(synthetic={"seed": 4})
     write_synthetic(tmp_path / "c.nc", "single", "2011", need, other.era5)
-    a, b, c = (xr.open_dataset(tmp_path / f"{n}.nc") for n in "abc")
+    a, b, c = (load_nc(tmp_path / f"{n}.nc") for n in "abc")
     xr.testing.assert_identical(a.t2m, b.t2m)
     assert float(abs(a.t2m - c.t2m).max()) > 1.0
 
