@@ -120,7 +120,7 @@ class Config:
 
     def section_hash(self, *keys: str) -> str:
         """Short stable hash of config sections: rerun triggers for Snakemake params."""
-        sub = {k: self.data.get(k) if "." not in k else _dig(self.data, k) for k in keys}
+        sub = {k: _dig(self.data, k) for k in keys}
         return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:12]
 
 

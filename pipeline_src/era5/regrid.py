@@ -145,8 +145,6 @@ def regrid_file(cfg: Config, group: str, period: str, raw: str | Path, out: str 
         delayed = regridded.to_netcdf(tmp, engine="netcdf4", encoding=encoding, compute=False)
         try:
             _, nans = dask.compute(delayed, count_nans(ds))
-        except InputError:
-            raise
         except Exception as err:  # a truncated HDF5 file often opens but fails on read
             raise InputError(raw, f"cannot read data ({type(err).__name__}: {err}); "
                                   "the file is probably truncated or corrupt") from None
