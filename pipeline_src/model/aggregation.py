@@ -1,0 +1,190 @@
+"""Channel aggregation: the baseline cross-attention and the D-CHAG hierarchical front end.
+
+D-CHAG (Tsaris et al., SC25) is implemented here by hand: no maintained library ships it.
+A D-CHAG front end splits the C channels into `partitions` contiguous slices. Each slice
+is tokenized and reduced to ONE token per patch by its own private aggregator (a tree of
+linear "-L" or cross-attention "-C" levels); the partition tokens are joined and a final
+cross-attention merges them. On one process `join` is the identity; under tensor
+parallelism each rank keeps only its own partitions and pipeline_src.parallel replaces
+`join` with an all-gather over the TP group.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .tokenizer import ChannelTokenizer
+
+
+def split_sizes(total: int, parts: int) -> list[int]:
+    """Sizes of `parts` contiguous slices of `total` items, as even as possible (larger first)."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def partition_bounds(channels: int, partitions: int) -> list[tuple[int, int]]:
+    """(start, stop) channel indices of each partition; uneven splits allowed."""
+    bounds, start = [], 0
+    for size in split_sizes(channels, partitions):
+        bounds.append((start, start + size))
+        start += size
+    return bounds
+
+
+class CrossAttentionPool(nn.Module):
+    """One learned query cross-attends over the N tokens of each patch: (B, N, L, D) -> (B, L, D).
+
+    q, k, v and proj are separate Linear layers so tensor parallelism can split heads
+    (q/k/v column-wise, proj row-wise); the head count is read from the local width.
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"embedding dim {dim} is not divisible by {heads} heads")
+        self.head_dim = dim // heads
+        self.query = nn.Parameter(torch.empty(1, 1, dim))
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.query, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, n, length, _ = tokens.shape
+        rows = tokens.permute(0, 2, 1, 3).reshape(b * length, n, -1)
+        hd = self.head_dim
+        q = self.q(self.query).reshape(1, 1, -1, hd).transpose(1, 2)
+        k = self.k(rows).reshape(b * length, n, -1, hd).transpose(1, 2)
+        v = self.v(rows).reshape(b * length, n, -1, hd).transpose(1, 2)
+        q = q.expand(b * length, -1, -1, -1)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B*L, heads, 1, hd)
+        out = out.transpose(1, 2).reshape(b, length, -1)
+        return self.proj(out)
+
+
+class LinearChannelMix(nn.Module):
+    """A learned weighted sum over the channel axis plus a bias: (B, N, L, D) -> (B, L, D)."""
+
+    def __init__(self, n_in: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((n_in,), 1.0 / n_in))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bnld,n->bld", tokens, self.weight) + self.bias
+
+
+def tree_sizes(n_channels: int, tree: Sequence[int]) -> list[int]:
+    """Token counts at each level of a partial-aggregation tree, ending in 1."""
+    sizes = [n_channels, *tree, 1]
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        if n_out > n_in:
+            raise ValueError(f"tree level of {n_out} groups needs at least {n_out} tokens, "
+                             f"has {n_in} (partition of {n_channels} channels, tree {list(tree)})")
+    return sizes
+
+
+class PartialAggregator(nn.Module):
+    """Reduce one partition's N channel tokens to one per patch through a tree of levels.
+
+    tree=[] is "Tree0" (N -> 1); tree=[4] aggregates 4 contiguous groups first (N -> 4 -> 1).
+    kind "linear" uses LinearChannelMix at every node, "attention" CrossAttentionPool.
+    """
+
+    def __init__(self, n_channels: int, kind: str, tree: Sequence[int], dim: int, heads: int):
+        super().__init__()
+        sizes = tree_sizes(n_channels, tree)
+        self.levels = nn.ModuleList()
+        self.group_sizes: list[list[int]] = []
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            groups = split_sizes(n_in, n_out)
+            self.group_sizes.append(groups)
+            if kind == "linear":
+                nodes = [LinearChannelMix(g, dim) for g in groups]
+            elif kind == "attention":
+                nodes = [CrossAttentionPool(dim, heads) for _ in groups]
+            else:
+                raise ValueError(f"unknown partial aggregator kind {kind!r}")
+            self.levels.append(nn.ModuleList(nodes))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        for groups, nodes in zip(self.group_sizes, self.levels):
+            parts = torch.split(tokens, groups, dim=1)
+            tokens = torch.stack([node(part) for node, part in zip(nodes, parts)], dim=1)
+        return tokens[:, 0]
+
+
+class PartitionEncoder(nn.Module):
+    """Tokenize one channel slice and aggregate it to one token per patch: (B, c, H, W) -> (B, L, D)."""
+
+    def __init__(self, channels: int, patch: int, dim: int, kind: str, tree: Sequence[int], heads: int):
+        super().__init__()
+        self.tokenizer = ChannelTokenizer(channels, patch, dim)
+        self.aggregate = PartialAggregator(channels, kind, tree, dim, heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.aggregate(self.tokenizer(x))
+
+
+class BaselineFrontEnd(nn.Module):
+    """TP-only front end: tokenize all C channels, one cross-attention over C tokens per patch."""
+
+    def __init__(self, channels: int, patch: int, dim: int, heads: int):
+        super().__init__()
+        self.tokenizer = ChannelTokenizer(channels, patch, dim)
+        self.aggregate = CrossAttentionPool(dim, heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.aggregate(self.tokenizer(x))
+
+
+def _identity(tokens: torch.Tensor) -> torch.Tensor:
+    return tokens
+
+
+class DCHAGFrontEnd(nn.Module):
+    """D-CHAG front end: private partial aggregation per channel partition, join, final attention.
+
+    `partitions` fixes the architecture (one private encoder per slice). Under TP of size T
+    each rank owns partitions/T consecutive partitions, so a checkpoint trained at one TP
+    size loads at any TP size that divides `partitions`.
+    """
+
+    def __init__(self, channels: int, partitions: int, patch: int, dim: int, heads: int,
+                 kind: str, tree: Sequence[int]):
+        super().__init__()
+        if not 1 <= partitions <= channels:
+            raise ValueError(f"{partitions} partitions for {channels} channels: need 1..{channels}")
+        self.num_partitions = partitions
+        self.bounds = partition_bounds(channels, partitions)
+        self.partitions = nn.ModuleDict({
+            str(i): PartitionEncoder(stop - start, patch, dim, kind, tree, heads)
+            for i, (start, stop) in enumerate(self.bounds)
+        })
+        self.partition_embed = nn.Parameter(torch.empty(partitions, dim))
+        nn.init.trunc_normal_(self.partition_embed, std=0.02)
+        self.final = CrossAttentionPool(dim, heads)
+        self.local_partitions: list[int] = list(range(partitions))
+        self.join: Callable[[torch.Tensor], torch.Tensor] = _identity
+
+    def keep_partitions(self, indices: Sequence[int]) -> None:
+        """Drop every partition encoder except `indices` (this rank's slice of the channels)."""
+        indices = list(indices)
+        for key in list(self.partitions.keys()):
+            if int(key) not in indices:
+                del self.partitions[key]
+        self.local_partitions = indices
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        local = []
+        for i in self.local_partitions:
+            start, stop = self.bounds[i]
+            local.append(self.partitions[str(i)](x[:, start:stop]))
+        joined = self.join(torch.stack(local, dim=1))  # (B, partitions, L, D)
+        joined = joined + self.partition_embed[None, :, None, :]
+        return self.final(joined)

@@ -1,0 +1,66 @@
+"""The two top-level models: a lead-time forecaster and a masked autoencoder.
+
+Both are front end (baseline or D-CHAG) -> position embedding -> ViT backbone -> head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .heads import ForecastHead, MAEDecoder
+from .vit import Backbone, sincos_2d
+
+
+class Forecaster(nn.Module):
+    """All input channels at t (B, C, H, W) and lead time in days (B,) -> targets at t + lead (B, V, H, W)."""
+
+    def __init__(self, front: nn.Module, grid: tuple[int, int], dim: int, depth: int, heads: int,
+                 mlp_ratio: float, outputs: int, patch: int, lead_scale_days: float = 30.0):
+        super().__init__()
+        self.front = front
+        self.pos_embed = nn.Parameter(sincos_2d(dim, grid)[None])
+        self.lead_embed = nn.Linear(1, dim)
+        self.lead_scale_days = lead_scale_days
+        self.backbone = Backbone(dim, depth, heads, mlp_ratio)
+        self.head = ForecastHead(dim, outputs, patch, grid)
+
+    def forward(self, x: torch.Tensor, lead_days: torch.Tensor) -> torch.Tensor:
+        tokens = self.front(x) + self.pos_embed
+        lead = self.lead_embed((lead_days.to(tokens.dtype) / self.lead_scale_days)[:, None])
+        tokens = tokens + lead[:, None, :]
+        return self.head(self.backbone(tokens))
+
+
+class MaskedAutoencoder(nn.Module):
+    """Masked autoencoding after aggregation: (B, C, H, W), mask (B, L) -> (B, L, C * patch**2).
+
+    The mask is chosen by the caller (see random_mask) so every TP rank can use the same one.
+    """
+
+    def __init__(self, front: nn.Module, grid: tuple[int, int], dim: int, depth: int, heads: int,
+                 mlp_ratio: float, channels: int, patch: int, decoder_depth: int):
+        super().__init__()
+        self.front = front
+        self.pos_embed = nn.Parameter(sincos_2d(dim, grid)[None])
+        self.backbone = Backbone(dim, depth, heads, mlp_ratio)
+        self.decoder = MAEDecoder(dim, decoder_depth, heads, mlp_ratio, channels, patch,
+                                  grid[0] * grid[1])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        tokens = self.front(x) + self.pos_embed
+        b, _, dim = tokens.shape
+        visible = tokens[~mask].reshape(b, -1, dim)
+        return self.decoder(self.backbone(visible), mask)
+
+
+def random_mask(batch: int, num_patches: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """A (batch, num_patches) bool mask with round(ratio * num_patches) True (masked) per row."""
+    n_masked = int(round(ratio * num_patches))
+    if not 0 < n_masked < num_patches:
+        raise ValueError(f"mask ratio {ratio} leaves no masked or no visible patch of {num_patches}")
+    noise = torch.rand(batch, num_patches, generator=generator)
+    order = noise.argsort(dim=1)
+    mask = torch.zeros(batch, num_patches, dtype=torch.bool)
+    mask.scatter_(1, order[:, :n_masked], True)
+    return mask

@@ -1,0 +1,106 @@
+"""Model variant (tp-baseline, dchag-L, dchag-C) + task -> an nn.Module, from one spec."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .aggregation import BaselineFrontEnd, DCHAGFrontEnd, partition_bounds, tree_sizes
+from .arch import Forecaster, MaskedAutoencoder
+from .vit import init_linears
+
+ARCHS = ("tp-baseline", "dchag-L", "dchag-C")
+TASKS = ("forecast", "mae")
+PARTIAL_KIND = {"dchag-L": "linear", "dchag-C": "attention"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that fixes a model's parameter shapes (and hence its checkpoint layout)."""
+
+    arch: str
+    task: str
+    channels: int
+    image: tuple[int, int]
+    patch: int
+    dim: int
+    depth: int
+    heads: int
+    agg_heads: int
+    mlp_ratio: float = 4.0
+    partitions: int = 1
+    tree: tuple[int, ...] = ()
+    outputs: int = 0
+    decoder_depth: int = 1
+    channel_names: tuple[str, ...] = field(default=())
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid (H/patch, W/patch)."""
+        return self.image[0] // self.patch, self.image[1] // self.patch
+
+    def fingerprint(self) -> str:
+        """Stable hash of the spec: equal fingerprints mean interchangeable checkpoints."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of the spec."""
+        d = asdict(self)
+        d["image"], d["tree"], d["channel_names"] = list(self.image), list(self.tree), list(self.channel_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        """Inverse of to_dict."""
+        d = dict(d)
+        d["image"], d["tree"] = tuple(d["image"]), tuple(d["tree"])
+        d["channel_names"] = tuple(d.get("channel_names", ()))
+        return cls(**d)
+
+
+def check_spec(spec: ModelSpec) -> None:
+    """Raise ValueError naming the problem if the spec cannot be built."""
+    if spec.arch not in ARCHS:
+        raise ValueError(f"unknown architecture {spec.arch!r}; choose one of {', '.join(ARCHS)}")
+    if spec.task not in TASKS:
+        raise ValueError(f"unknown task {spec.task!r}; choose one of {', '.join(TASKS)}")
+    h, w = spec.image
+    if h % spec.patch or w % spec.patch:
+        raise ValueError(f"image {h}x{w} is not divisible by patch {spec.patch}")
+    for name, heads in (("heads", spec.heads), ("agg_heads", spec.agg_heads)):
+        if spec.dim % heads:
+            raise ValueError(f"model.dim {spec.dim} is not divisible by model.{name} {heads}")
+    if spec.dim % 4:
+        raise ValueError(f"model.dim {spec.dim} must be a multiple of 4 (2-D position codes)")
+    if spec.task == "forecast" and spec.outputs < 1:
+        raise ValueError("a forecaster needs at least one output variable")
+    if spec.arch != "tp-baseline":
+        if not 1 <= spec.partitions <= spec.channels:
+            raise ValueError(f"{spec.partitions} D-CHAG partitions for {spec.channels} channels: "
+                             f"each partition needs at least one channel")
+        for start, stop in partition_bounds(spec.channels, spec.partitions):
+            tree_sizes(stop - start, spec.tree)
+
+
+def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
+    """Construct (and, with a seed, deterministically initialise) the model for a spec."""
+    check_spec(spec)
+    if seed is not None:
+        torch.manual_seed(seed)
+    if spec.arch == "tp-baseline":
+        front = BaselineFrontEnd(spec.channels, spec.patch, spec.dim, spec.agg_heads)
+    else:
+        front = DCHAGFrontEnd(spec.channels, spec.partitions, spec.patch, spec.dim, spec.agg_heads,
+                              PARTIAL_KIND[spec.arch], spec.tree)
+    if spec.task == "forecast":
+        model = Forecaster(front, spec.grid, spec.dim, spec.depth, spec.heads, spec.mlp_ratio,
+                           spec.outputs, spec.patch)
+    else:
+        model = MaskedAutoencoder(front, spec.grid, spec.dim, spec.depth, spec.heads,
+                                  spec.mlp_ratio, spec.channels, spec.patch, spec.decoder_depth)
+    init_linears(model)
+    return model

@@ -1,0 +1,47 @@
+"""Task heads: forecast fields at a lead time, and the masked-autoencoder decoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .tokenizer import unpatchify
+from .vit import Backbone
+
+
+class ForecastHead(nn.Module):
+    """Tokens (B, L, D) -> fields (B, V, H, W) of the `outputs` target variables."""
+
+    def __init__(self, dim: int, outputs: int, patch: int, grid: tuple[int, int]):
+        super().__init__()
+        self.outputs, self.patch, self.grid = outputs, patch, grid
+        self.linear = nn.Linear(dim, outputs * patch * patch)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, length, _ = tokens.shape
+        pixels = self.linear(tokens).reshape(b, length, self.outputs, -1).transpose(1, 2)
+        return unpatchify(pixels, self.patch, self.grid)
+
+
+class MAEDecoder(nn.Module):
+    """MAE decoder: put a mask token at every masked patch, run blocks, predict every channel.
+
+    Input is the encoder output for the visible patches (B, L_vis, D) and the mask (B, L);
+    output is the reconstruction of all C channels of every patch, (B, L, C * patch**2).
+    """
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, channels: int,
+                 patch: int, num_patches: int):
+        super().__init__()
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, dim))
+        self.blocks = Backbone(dim, depth, heads, mlp_ratio)
+        self.linear = nn.Linear(dim, channels * patch * patch)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward(self, visible: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, length = mask.shape
+        full = self.mask_token.expand(b, length, -1).clone()
+        full[~mask] = visible.reshape(-1, visible.shape[-1])
+        return self.linear(self.blocks(full + self.pos_embed))

@@ -1,0 +1,126 @@
+"""Apply D-CHAG channel partitioning, DTensor tensor parallelism and FSDP2 to a model.
+
+The model is built whole and identically on every rank (same seed); this module then
+cuts it down to the rank's share, torchtitan style: parallelism from the outside.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+from ..io import ConfigError
+from ..model.aggregation import CrossAttentionPool, DCHAGFrontEnd
+from ..model.vit import MLP, Attention, Block
+from .collectives import gather_partitions
+
+PRIVATE_PREFIX = "front.partitions."
+
+
+@dataclass
+class Parallelized:
+    """A model after parallelize(): its mesh and which parameters are private to a TP rank."""
+
+    model: nn.Module
+    mesh: DeviceMesh
+    fsdp: bool
+    private_names: set[str] = field(default_factory=set)
+
+    @property
+    def tp_group(self):
+        """Process group of this rank's tensor-parallel peers."""
+        return self.mesh["tp"].get_group()
+
+
+def _heads_plan(module: nn.Module) -> dict:
+    if isinstance(module, (Attention, CrossAttentionPool)):
+        return {"q": ColwiseParallel(), "k": ColwiseParallel(), "v": ColwiseParallel(),
+                "proj": RowwiseParallel()}
+    if isinstance(module, MLP):
+        return {"fc1": ColwiseParallel(), "fc2": RowwiseParallel()}
+    return {}
+
+
+def check_tp(model: nn.Module, tp: int) -> None:
+    """ConfigError if heads, MLP width or D-CHAG partitions cannot be split over `tp` ranks."""
+    for name, module in model.named_modules():
+        if isinstance(module, (Attention, CrossAttentionPool)):
+            heads = module.q.out_features // module.head_dim
+            if heads % tp:
+                raise ConfigError("train.mesh.tp", f"{name or 'model'} has {heads} heads, "
+                                                   f"not divisible by tp {tp}")
+        if isinstance(module, MLP) and module.fc1.out_features % tp:
+            raise ConfigError("train.mesh.tp", f"MLP width {module.fc1.out_features} of {name} "
+                                               f"is not divisible by tp {tp}")
+    front = getattr(model, "front", None)
+    if isinstance(front, DCHAGFrontEnd):
+        channels = front.bounds[-1][1]
+        if tp > channels:
+            raise ConfigError("train.mesh.tp", f"tp {tp} is larger than the {channels} input channels")
+        if front.num_partitions % tp:
+            raise ConfigError("train.mesh.tp", f"tp {tp} does not divide the {front.num_partitions} "
+                                               f"D-CHAG partitions (model.partitions)")
+
+
+def apply_dchag(front: DCHAGFrontEnd, tp_mesh: DeviceMesh) -> None:
+    """Keep only this TP rank's partitions and join partition tokens with the TP all-gather."""
+    tp, rank = tp_mesh.size(), tp_mesh.get_local_rank()
+    per_rank = front.num_partitions // tp
+    front.keep_partitions(range(rank * per_rank, (rank + 1) * per_rank))
+    if tp > 1:
+        front.join = functools.partial(gather_partitions, group=tp_mesh.get_group())
+
+
+def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
+    """Megatron-style TP on every attention (heads split) and MLP (hidden split), D-CHAG privates excepted."""
+    for name, module in model.named_modules():
+        if name.startswith(PRIVATE_PREFIX.rstrip(".")):
+            continue  # rank-private partial aggregators are not TP-sharded
+        plan = _heads_plan(module)
+        if plan:
+            parallelize_module(module, tp_mesh, plan)
+
+
+def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy | None) -> None:
+    """FSDP2 over (dp, fsdp): shard each block and partition encoder, then the root (HSDP when dp > 1)."""
+    kwargs = {"mesh": dp_mesh}
+    if mp_policy is not None:
+        kwargs["mp_policy"] = mp_policy
+    for name, module in model.named_modules():
+        if isinstance(module, Block) or (name.startswith(PRIVATE_PREFIX) and name.count(".") == 2):
+            fully_shard(module, **kwargs)
+    fully_shard(model, **kwargs)
+
+
+def parallelize(model: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy | None = None) -> Parallelized:
+    """D-CHAG partitioning + TP over mesh['tp'] + FSDP2 over mesh['dp','fsdp'] (skipped when size 1)."""
+    tp_mesh = mesh["tp"]
+    check_tp(model, tp_mesh.size())
+    front = getattr(model, "front", None)
+    if isinstance(front, DCHAGFrontEnd):
+        apply_dchag(front, tp_mesh)
+    if tp_mesh.size() > 1:
+        apply_tp(model, tp_mesh)
+    private = {n for n, _ in model.named_parameters() if n.startswith(PRIVATE_PREFIX)}
+    dp_mesh = mesh["dp", "fsdp"]
+    use_fsdp = dp_mesh.size() > 1
+    if use_fsdp:
+        apply_fsdp(model, dp_mesh, mp_policy)
+    return Parallelized(model, mesh, use_fsdp, private)
+
+
+def data_parallel_rank(mesh: DeviceMesh) -> tuple[int, int]:
+    """(index, count) of this rank's data shard: TP peers share one, dp x fsdp ranks differ."""
+    dp, fsdp = mesh["dp"], mesh["fsdp"]
+    return dp.get_local_rank() * fsdp.size() + fsdp.get_local_rank(), dp.size() * fsdp.size()
+
+
+def is_main() -> bool:
+    """True on global rank 0 (or when not distributed)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
