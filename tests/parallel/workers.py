@@ -90,3 +90,62 @@ def exactness(tp: int, fsdp: int, dp: int) -> None:
         else:
             assert len(names) == len(ref_params), label
     dist.destroy_process_group()
+
+
+def train_job(tmp: str, name: str, task: str = "mae", arch: str = "dchag-L", tp: int = 1,
+              fsdp: int = 1, steps: int = 6, **settings):
+    """A small TrainJob under tmp (synthetic spectral tiles unless data= is given)."""
+    from pathlib import Path
+
+    from pipeline_src.train.loop import TrainJob, TrainSettings
+
+    data = settings.pop("data", {"bands": 12, "image": [16, 16], "mask_ratio": 0.75, "seed": 3})
+    model = {"arch": arch, "dim": 32, "depth": 2, "heads": 4, "agg_heads": 4, "mlp_ratio": 2.0,
+             "patch": 4, "partitions": settings.pop("partitions", 2), "tree": settings.pop("tree", []),
+             "decoder_depth": 1}
+    s = TrainSettings(steps=steps, micro_batch=2, tp=tp, fsdp=fsdp, warmup_steps=2,
+                      checkpoint_every=settings.pop("checkpoint_every", 0), log_every=2, **settings)
+    run = Path(tmp) / name
+    return TrainJob(name=name, task=task, model=model, settings=s, run_dir=run,
+                    final_dir=run / "final", summary_path=run / "summary.json", data=data)
+
+
+def train(job, kill_at_step: int | None = None) -> None:
+    """run_training on this rank; rank 0 sends itself SIGTERM after `kill_at_step` steps."""
+    import os
+    import signal
+
+    from pipeline_src.train.loop import Preempted, run_training
+
+    def on_step(step, loss):
+        if kill_at_step is not None and step == kill_at_step and int(os.environ["RANK"]) == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        run_training(job, on_step=on_step)
+    except Preempted:
+        pass
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def probe_output(ckpt_path: str, tp: int, fsdp: int, out_file: str) -> None:
+    """Load a checkpoint into a parallelized model at this world size; rank 0 saves its output."""
+    from pipeline_src.parallel import checkpoint as ckpt
+
+    env = launch_env()
+    init_distributed(env, torch.device("cpu"))
+    mesh = build_mesh(resolve_mesh(env.world_size, tp, fsdp), "cpu")
+    meta = ckpt.read_meta(ckpt_path)
+    spec = ModelSpec.from_dict(meta["spec"])
+    model = build_model(spec, seed=123)  # different init: the load must overwrite it
+    parallelize(model, mesh)
+    ckpt.load_checkpoint(ckpt_path, model, None, spec_dict=spec.to_dict(), fingerprint=spec.fingerprint())
+    x, lead, mask, _ = _inputs(spec)
+    with torch.no_grad():
+        out = model(x, lead) if spec.task == "forecast" else model(x, mask)
+    out = _full(out)
+    if dist.get_rank() == 0:
+        torch.save(out, out_file)
+    dist.destroy_process_group()

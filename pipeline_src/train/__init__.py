@@ -1,0 +1,1 @@
+"""Training: datasets and samplers, losses, schedule, and the distributed loop."""

@@ -1,0 +1,302 @@
+"""The distributed training loop: build, parallelize, resume, step, checkpoint, log.
+
+One function, run_training(job), is what every rank executes (under torchrun, srun, or
+torch.multiprocessing in tests). Rank 0 logs to MLflow and shows the progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from .. import tracking
+from ..io import ConfigError, atomic_path, write_json
+from ..model.build import ModelSpec, build_model
+from ..model.vit import num_params
+from ..parallel import checkpoint as ckpt
+from ..parallel.grads import clip_grad_norm
+from ..parallel.mesh import (build_mesh, init_distributed, launch_env, pick_device,
+                             resolve_mesh)
+from ..parallel.plans import data_parallel_rank, is_main, parallelize
+from .data import ERA5Forecast, SyntheticSpectralTiles
+from .losses import forecast_loss, latitude_weights, mae_loss
+from .schedule import learning_rate
+
+log = logging.getLogger(__name__)
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation and bookkeeping settings of one training run."""
+
+    steps: int = 60
+    micro_batch: int = 4
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 5
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    precision: str = "auto"  # auto | fp32 | bf16
+    checkpoint_every: int = 20
+    keep_checkpoints: int = 2
+    log_every: int = 5
+    seed: int = 0
+    tp: int = 1
+    fsdp: int = 1
+    dp: int | str = "auto"
+
+
+@dataclass
+class TrainJob:
+    """One model variant to train: task, model settings, data, paths and tracking."""
+
+    name: str
+    task: str  # forecast | mae
+    model: dict  # arch, dim, depth, heads, agg_heads, mlp_ratio, patch, partitions, tree, decoder_depth
+    settings: TrainSettings
+    run_dir: Path
+    final_dir: Path
+    summary_path: Path
+    data: dict = field(default_factory=dict)
+    mlflow: dict = field(default_factory=lambda: {"enabled": False})
+    rule: str | None = None
+    plot_path: Path | None = None
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM/SIGUSR1 after saving a checkpoint; rerun to resume."""
+
+
+def _open_data(job: TrainJob):
+    if job.task == "forecast":
+        d = job.data
+        return ERA5Forecast(d["store"], d["normalization"], d["targets"], d["lead_days"])
+    d = job.data
+    return SyntheticSpectralTiles(d["bands"], tuple(d["image"]), d.get("seed", 0))
+
+
+def model_spec(job: TrainJob, data, tp: int) -> ModelSpec:
+    """The model spec from the job's model settings and the data's channels and grid."""
+    m = job.model
+    partitions = m.get("partitions", "auto")
+    if partitions == "auto":
+        partitions = tp
+    common = dict(arch=m["arch"], task=job.task, patch=m["patch"], dim=m["dim"], depth=m["depth"],
+                  heads=m["heads"], agg_heads=m["agg_heads"], mlp_ratio=float(m["mlp_ratio"]),
+                  partitions=1 if m["arch"] == "tp-baseline" else int(partitions),
+                  tree=tuple(m.get("tree", ())), decoder_depth=m.get("decoder_depth", 1))
+    if job.task == "forecast":
+        return ModelSpec(channels=len(data.channels), image=data.image, outputs=len(data.targets),
+                         channel_names=tuple(data.channels), **common)
+    return ModelSpec(channels=data.bands, image=data.image, **common)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _optimizer(model, s: TrainSettings) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    other = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                              {"params": other, "weight_decay": 0.0}],
+                             lr=s.lr, betas=(0.9, 0.95), foreach=False)
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGUSR1 (Slurm preemption / time limit warning); agreed on across ranks."""
+
+    def __init__(self):
+        self.raised = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in PREEMPT_SIGNALS:
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def agreed(self, device) -> bool:
+        """True on every rank if any rank received a stop signal."""
+        flag = torch.tensor([1.0 if self.raised else 0.0], device=device)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+
+def _loss(job: TrainJob, model, batch, spec: ModelSpec, lat_w, device, autocast) -> torch.Tensor:
+    with autocast():
+        if job.task == "forecast":
+            pred = model(batch.x.to(device), batch.lead_days.to(device))
+            return forecast_loss(pred.float(), batch.y.to(device), lat_w)
+        pred = model(batch.x.to(device), batch.mask.to(device))
+        return mae_loss(pred.float(), batch.x.to(device), batch.mask.to(device), spec.patch)
+
+
+def run_training(job: TrainJob, on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Train job on this rank (all ranks call it); return the summary. Raises Preempted on a stop signal."""
+    s = job.settings
+    env = launch_env()
+    device = pick_device(env.local_rank)
+    init_distributed(env, device)
+    shape = resolve_mesh(env.world_size, s.tp, s.fsdp, s.dp)
+    mesh = build_mesh(shape, device.type)
+    data = _open_data(job)
+    spec = model_spec(job, data, s.tp)
+    try:
+        model = build_model(spec, seed=s.seed)
+    except ValueError as err:
+        raise ConfigError(f"train.variants[{job.name}]", str(err)) from None
+    total_params = num_params(model)
+    par = parallelize(model.to(device), mesh)
+    optimizer = _optimizer(model, s)
+    shard, shards = data_parallel_rank(mesh)
+    global_batch = s.micro_batch * shards
+    rows = slice(shard * s.micro_batch, (shard + 1) * s.micro_batch)
+    lat_w = latitude_weights(data.latitudes).to(device) if job.task == "forecast" else None
+    use_bf16 = s.precision == "bf16" or (s.precision == "auto" and device.type == "cuda")
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    meta = {"fingerprint": spec.fingerprint(), "spec": spec.to_dict(), "variant": job.name,
+            "mesh": {"dp": shape.dp, "fsdp": shape.fsdp, "tp": shape.tp}}
+    ckpt_root = Path(job.run_dir) / "checkpoints"
+    start, history = 0, []
+    latest = ckpt.latest_checkpoint(ckpt_root)
+    if latest is not None:
+        loaded = ckpt.load_checkpoint(latest, model, optimizer, spec_dict=spec.to_dict(),
+                                      fingerprint=spec.fingerprint())
+        start = int(loaded["step"])
+        history = list(loaded.get("history", []))
+        log.info("resumed %s from %s (step %d)", job.name, latest, start)
+
+    params = {"variant": job.name, "task": job.task, **{f"model.{k}": v for k, v in spec.to_dict().items()
+                                                       if k != "channel_names"},
+              **{f"train.{k}": v for k, v in vars(s).items()}, "world_size": env.world_size,
+              "launcher": env.launcher, "device": device.type, "parameters": total_params,
+              "resumed_from_step": start}
+    with tracking.stage_run(job.mlflow, "train", job.rule or f"train_{job.name}", params) as run, \
+            _StopFlag() as stop:
+        progress = _progress(is_main(), start, s.steps, job.name)
+        t_last, samples_since = time.perf_counter(), 0
+        for step in range(start, s.steps):
+            lr = learning_rate(step, s.lr, s.warmup_steps, s.steps, s.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(s.grad_accum):
+                if par.fsdp:
+                    model.set_requires_gradient_sync(micro == s.grad_accum - 1)
+                if job.task == "forecast":
+                    batch = data.batch(s.seed, step, micro, global_batch, rows)
+                else:
+                    batch = data.batch(s.seed, step, micro, global_batch, rows,
+                                       job.data["mask_ratio"], spec.patch)
+                loss = _loss(job, model, batch, spec, lat_w, device, autocast) / s.grad_accum
+                loss.backward()
+                loss_sum += loss.detach()
+            norm = clip_grad_norm(par, s.grad_clip) if s.grad_clip > 0 else torch.zeros(())
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if dist.is_initialized():
+                dist.all_reduce(loss_sum)
+                loss_sum /= dist.get_world_size()
+            loss_value = float(loss_sum)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"{job.name}: loss is {loss_value} at step {step + 1}")
+            samples_since += global_batch * s.grad_accum
+            done = step + 1
+            record = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": float(norm)}
+            history.append(record)
+            if done % s.log_every == 0 or done == s.steps:
+                now = time.perf_counter()
+                record["samples_per_s"] = samples_since / (now - t_last)
+                t_last, samples_since = now, 0
+                run.log_metrics({k: v for k, v in record.items() if k != "step"}, step=done)
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            if on_step is not None:
+                on_step(done, loss_value)
+            stop_now = stop.agreed(device)
+            if (s.checkpoint_every and done % s.checkpoint_every == 0 and done < s.steps) or stop_now:
+                ckpt.save_checkpoint(ckpt.step_dir(ckpt_root, done), model, optimizer,
+                                     {**meta, "step": done, "history": history})
+                ckpt.prune_checkpoints(ckpt_root, s.keep_checkpoints)
+            if stop_now:
+                progress.close()
+                run.set_tags({"preempted_at_step": str(done)})
+                raise Preempted(f"{job.name}: stop signal received; checkpoint at step {done} in "
+                                f"{ckpt_root}; rerun the same command to resume")
+        progress.close()
+        ckpt.save_checkpoint(job.final_dir, model, None, {**meta, "step": s.steps})
+        peaks = _gather_objects(_peak_memory_mb(device))
+        summary = {"variant": job.name, "task": job.task, "steps": s.steps, "resumed_from_step": start,
+                   "final_loss": history[-1]["loss"] if history else None,
+                   "history": history, "peak_memory_mb_per_rank": peaks,
+                   "memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss",
+                   "world_size": env.world_size, "mesh": meta["mesh"], "parameters": total_params,
+                   "fingerprint": spec.fingerprint(), "checkpoint": str(job.final_dir)}
+        rates = [h["samples_per_s"] for h in history if "samples_per_s" in h]
+        summary["samples_per_s"] = sum(rates) / len(rates) if rates else None
+        if is_main():
+            run.log_metrics({f"peak_memory_mb_rank{r}": v for r, v in enumerate(peaks)})
+            run.log_params({"final_checkpoint": str(job.final_dir)})
+            if job.plot_path is not None:
+                _plot_loss(history, job.plot_path, job.name)
+                run.log_artifact(job.plot_path)
+            write_json(job.summary_path, summary)
+            run.log_artifact(job.summary_path)
+    if hasattr(data, "close"):
+        data.close()
+    return summary
+
+
+def _gather_objects(value) -> list:
+    if not dist.is_initialized():
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _progress(enabled: bool, start: int, total: int, name: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc=f"train {name}", disable=not enabled,
+                unit="step", dynamic_ncols=True, mininterval=1.0)
+
+
+def _plot_loss(history: list[dict], path: Path, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history])
+    ax.set(xlabel="step", ylabel="training loss", yscale="log", title=name)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
