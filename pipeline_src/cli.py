@@ -10,6 +10,7 @@ from pathlib import Path
 from . import config as config_mod
 from .io import InputError
 from .secrets import install_log_filter
+from .tracking import is_rank_zero
 
 log = logging.getLogger("dchag")
 
@@ -109,6 +110,27 @@ def cmd_assemble(args) -> None:
     log.info("assembled %d channels into %s (%.1f s)", metrics["n_channels"], out, metrics["seconds"])
 
 
+def cmd_train(args) -> None:
+    """Train one configured variant on this rank (run under torchrun or srun; rank 0 logs)."""
+    from .train.job import job_from_config
+    from .train.loop import Preempted, run_training
+
+    cfg = config_mod.load(args.config)
+    job = job_from_config(cfg, args.variant, args.output_dir, args.assembled, args.rule)
+    try:
+        summary = run_training(job)
+    except Preempted as stop:
+        log.warning("%s", stop)
+        raise SystemExit(3) from None
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if summary.get("final_loss") is not None and is_rank_zero():
+        log.info("%s: %d steps, final loss %.4g", job.name, summary["steps"], summary["final_loss"])
+
+
 def cmd_bench_era5(args) -> None:
     """Print regridding throughput per importable backend and the ERA5 stage wall times."""
     from .bench.era5 import main as bench_main
@@ -147,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "assemble":
             s.add_argument("--inputs", nargs="+", required=True, help="regridded NetCDF files")
             s.add_argument("--output-dir", required=True)
+
+    t = sub.add_parser("train", help="train one model variant (launch with torchrun or srun)")
+    t.add_argument("--config", default="config.yaml")
+    t.add_argument("--variant", required=True, help="a name from train.variants")
+    t.add_argument("--output-dir", required=True, help="run folder: final/, summary.json, checkpoints/")
+    t.add_argument("--assembled", default=None, help="assembled ERA5 folder (forecast variants)")
+    t.add_argument("--rule", default=None)
+    t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="benchmarks (print measured ratios)").add_subparsers(dest="what", required=True)
     br = b.add_parser("era5", help="regrid throughput per backend and ERA5 stage wall times")

@@ -68,9 +68,53 @@ def _check_semantics(cfg: dict, source: str) -> None:
         resolve_channels(cfg["era5"]["channels"])
     except ConfigError as err:
         raise ConfigError(source, f"era5.channels: {err.problem}") from None
+    _check_training(cfg, source)
     grid = cfg["era5"]["grid_deg"]
     if abs(360 / grid - round(360 / grid)) > 1e-9:
         raise ConfigError(source, f"era5.grid_deg: {grid} does not divide 360")
+
+
+def variant_model(cfg: dict, variant: dict) -> dict:
+    """The model settings of one training variant: the model section, overridden by the variant's."""
+    return {**cfg["model"], **variant.get("model", {}), "arch": variant["arch"]}
+
+
+def _check_training(cfg: dict, source: str) -> None:
+    train = cfg["train"]
+    names = [v["name"] for v in train["variants"]]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(source, f"train.variants: duplicate names {dupes}")
+    channel_names = [c.name for c in resolve_channels(cfg["era5"]["channels"])]
+    unknown = [t for t in cfg["forecast"]["targets"] if t not in channel_names]
+    if unknown:
+        raise ConfigError(source, f"forecast.targets: {unknown} are not among era5.channels")
+    mesh = train["mesh"]
+    tp, fsdp, dp = mesh["tp"], mesh["fsdp"], mesh["dp"]
+    per_job = tp * fsdp * (1 if dp == "auto" else dp)
+    if train["nproc"] % per_job or (dp != "auto" and train["nproc"] != per_job):
+        raise ConfigError(source, f"train.nproc {train['nproc']} is not a product of the mesh "
+                                  f"(dp {dp} x fsdp {fsdp} x tp {tp})")
+    for v in train["variants"]:
+        m = variant_model(cfg, v)
+        where = f"train.variants[{v['name']}]"
+        channels = len(channel_names) if v["task"] == "forecast" else cfg["mae"]["bands"]
+        for key in ("heads", "agg_heads"):
+            if m["dim"] % m[key] or m[key] % tp:
+                raise ConfigError(source, f"{where}: model.{key} {m[key]} must divide dim "
+                                          f"{m['dim']} and be divisible by tp {tp}")
+        if v["arch"] == "tp-baseline":
+            continue
+        if tp > channels:
+            raise ConfigError(source, f"{where}: tp {tp} is larger than the {channels} input channels")
+        parts = tp if m["partitions"] == "auto" else m["partitions"]
+        if parts % tp or parts > channels:
+            raise ConfigError(source, f"{where}: model.partitions {parts} must be a multiple of "
+                                      f"tp {tp} and at most the {channels} channels")
+        smallest = channels // parts
+        if m["tree"] and max(m["tree"]) > smallest:
+            raise ConfigError(source, f"{where}: model.tree {m['tree']} has more groups than the "
+                                      f"{smallest} channels of the smallest partition")
 
 
 def load(path: str | Path) -> "Config":
@@ -102,6 +146,13 @@ class Config:
     def mlflow(self) -> dict:
         """The mlflow section, defaults filled."""
         return self.data["mlflow"]
+
+    def variant(self, name: str) -> dict:
+        """One entry of train.variants by name, with its merged model settings under 'model'."""
+        for v in self.data["train"]["variants"]:
+            if v["name"] == name:
+                return {**v, "model": variant_model(self.data, v)}
+        raise ConfigError("train.variants", f"no variant named {name!r}")
 
     @property
     def channels(self) -> list[Channel]:

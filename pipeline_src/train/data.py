@@ -9,6 +9,7 @@ samples and data-parallel ranks disjoint ones.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,9 @@ class ERA5Forecast:
         if not (self.store / "zarr.json").is_file() and not (self.store / ".zgroup").is_file():
             raise InputError(self.store, "assembled ERA5 Zarr store not found (run the era5 stages)")
         try:
-            self.ds = xr.open_zarr(self.store, consolidated=False)
+            with warnings.catch_warnings():  # Snakemake's .snakemake_timestamp in directory outputs
+                warnings.filterwarnings("ignore", message=".*not recognized as a component")
+                self.ds = xr.open_zarr(self.store, consolidated=False)
             self.fields = self.ds["fields"]
         except (KeyError, ValueError, OSError) as err:
             raise InputError(self.store, f"not an assembled ERA5 store: {err}") from None

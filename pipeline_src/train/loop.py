@@ -232,7 +232,7 @@ def run_training(job: TrainJob, on_step: Callable[[int, float], None] | None = N
                 now = time.perf_counter()
                 record["samples_per_s"] = samples_since / (now - t_last)
                 t_last, samples_since = now, 0
-                run.log_metrics({k: v for k, v in record.items() if k != "step"}, step=done)
+            run.log_metrics({k: v for k, v in record.items() if k != "step"}, step=done)
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             if on_step is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,5 +17,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     meta = ckpt.read_meta(path)
     spec = ModelSpec.from_dict(meta["spec"])
     model = build_model(spec).to(device)
-    ckpt.load_checkpoint(path, model, None, spec_dict=spec.to_dict(), fingerprint=spec.fingerprint())
+    with warnings.catch_warnings():  # DCP notes that it loads without a process group: intended
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        ckpt.load_checkpoint(path, model, None, spec_dict=spec.to_dict(), fingerprint=spec.fingerprint())
     return model.eval(), meta

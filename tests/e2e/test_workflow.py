@@ -1,5 +1,6 @@
 """Snakemake end to end on a tiny config in a temporary directory; MLflow read back."""
 
+import json
 import os
 import subprocess
 import sys
@@ -26,7 +27,12 @@ TINY = {
         "assemble": {"shard_steps": 32},
     },
     "mlflow": {"experiment": "e2e"},
+    "model": {"dim": 32, "depth": 1, "heads": 2, "agg_heads": 2, "mlp_ratio": 2},
+    "train": {"steps": 6, "micro_batch": 2, "checkpoint_every": 3, "log_every": 2, "warmup_steps": 2},
+    "forecast": {"targets": ["z_500", "t2m"], "lead_days": [1, 2]},
+    "mae": {"bands": 8, "image": [16, 16]},
 }
+VARIANTS = ["forecast-tp-baseline", "forecast-dchag-L", "mae-dchag-L"]
 
 
 def snakemake(workdir: Path, *args, check=True):
@@ -77,7 +83,8 @@ def test_mlflow_parent_and_children(workflow_run):
     for r in children:
         by_rule.setdefault(r.data.tags["rule"], []).append(r)
     # 3 years x (pressure, single) + static, for acquire and regrid; one assemble
-    assert {k: len(v) for k, v in by_rule.items()} == {"era5_acquire": 7, "era5_regrid": 7, "era5_assemble": 1}
+    assert {k: len(v) for k, v in by_rule.items()} == {"era5_acquire": 7, "era5_regrid": 7,
+                                                       "era5_assemble": 1, "train": 3}
     assert all(r.info.status == "FINISHED" for r in children)
     regrid = by_rule["era5_regrid"][0]
     assert regrid.data.tags["stage"] == "era5_regrid" and regrid.data.tags["regrid_backend"] == "xarray-regrid"
@@ -87,6 +94,36 @@ def test_mlflow_parent_and_children(workflow_run):
     assert {f.path for f in client.list_artifacts(asm.info.run_id, "data")} == \
         {"data/normalization.json", "data/manifest.json"}
     assert parents[0].data.params["era5.grid_deg"] == "10.0"
+
+
+def test_training_outputs_and_tracking(workflow_run):
+    from pipeline_src.train.restore import load_trained
+
+    wd, _ = workflow_run
+    client, runs = _runs(wd)
+    train_runs = {r.data.params["variant"]: r for r in runs if r.data.tags.get("rule") == "train"}
+    assert sorted(train_runs) == sorted(VARIANTS)
+    for name in VARIANTS:
+        out = wd / "results/train" / name
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["steps"] == 6 and len(summary["history"]) == 6
+        assert summary["world_size"] == 2 and summary["mesh"] == {"dp": 1, "fsdp": 1, "tp": 2}
+        assert len(summary["peak_memory_mb_per_rank"]) == 2
+        model, meta = load_trained(out / "final")
+        assert meta["variant"] == name and meta["step"] == 6
+        assert (out / "loss.png").stat().st_size > 1000
+        assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000003"]
+        run = train_runs[name]
+        assert run.data.params["world_size"] == "2" and run.data.params["launcher"] == "torchrun"
+        assert run.data.params["final_checkpoint"].endswith(f"results/train/{name}/final")
+        history = client.get_metric_history(run.info.run_id, "loss")
+        assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "samples_per_s")] == [2, 4, 6]
+        assert {"lr", "samples_per_s", "grad_norm", "peak_memory_mb_rank0",
+                "peak_memory_mb_rank1"} <= set(run.data.metrics)
+        assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {"summary.json", "loss.png"}
+    assert train_runs["forecast-dchag-L"].data.params["model.partitions"] == "2"
+    assert not list(wd.rglob(".*.partial"))
 
 
 def test_secret_never_written(workflow_run):
@@ -100,7 +137,7 @@ def test_secret_never_written(workflow_run):
 def test_rerun_one_stage(workflow_run):
     wd, _ = workflow_run
     before = (wd / "results/era5/regridded/pressure/2010.nc").stat().st_mtime_ns
-    proc = snakemake(wd, "-R", "era5_assemble")
+    proc = snakemake(wd, "-R", "era5_assemble", "--until", "era5_assemble")
     assert "era5_regrid" not in proc.stderr.split("Job stats")[1].split("Select jobs")[0]
     assert (wd / "results/era5/regridded/pressure/2010.nc").stat().st_mtime_ns == before
     _, runs = _runs(wd)
@@ -127,6 +164,7 @@ def test_cluster_profiles_dry_run_from_repo_root(profile, tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert "slurm_account=abc123" in out
     assert "rule era5_acquire:" in out and "rule era5_regrid:" in out
+    assert "rule train:" in out and "--kill-on-bad-exit=1" in out and "torch.distributed.run" not in out
     if profile == "frontier":
         assert "slurm_partition=batch" in out and "constraint=nvme" in out and "cpus_per_task=56" in out
     else:

@@ -1,5 +1,6 @@
 # Paths, the effective config file that every CLI call reads, and the MLflow parent run.
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -40,9 +41,10 @@ _write_effective_config()
 from snakemake.settings.types import DeploymentMethod
 
 if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-    CLI = "python -m pipeline_src.cli"
+    PYTHON = "python"
 else:
-    CLI = f"{sys.executable} -m pipeline_src.cli"
+    PYTHON = sys.executable
+CLI = f"{PYTHON} -m pipeline_src.cli"
 
 
 onstart:
