@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--config", default="config.yaml")
     br.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
     br.set_defaults(func=cmd_bench_era5)
+    bf = b.add_parser("frontend", add_help=False,
+                      help="peak memory per rank and samples/s: tp-baseline vs dchag-L vs dchag-C")
+    bf.add_argument("rest", nargs=argparse.REMAINDER, help="options of pipeline_src.bench.frontend")
+    bf.set_defaults(func=lambda args: __import__("pipeline_src.bench.frontend", fromlist=["main"]).main(args.rest))
     return p
 
 

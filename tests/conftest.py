@@ -22,6 +22,7 @@ SMALL = {
         "assemble": {"shard_steps": 32, "climatology_window_days": 15},
     },
     "mlflow": {"enabled": False},
+    "forecast": {"targets": ["z_500", "t2m"]},
 }
 
 

@@ -63,10 +63,10 @@ def test_kill_and_resume_is_exact_and_loads_at_other_world_sizes(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_resume_at_another_world_size(tmp_path):
-    job4 = workers.train_job(tmp_path, "mesh", tp=2, fsdp=2, steps=6, tree=[2])
+    job4 = workers.train_job(tmp_path, "mesh", tp=2, fsdp=2, steps=6, tree=[2], grad_accum=2)
     run_local(workers.train, 4, job4, 3)
     assert ckpt.latest_checkpoint(job4.run_dir / "checkpoints").name == "step_00000003"
-    job2 = workers.train_job(tmp_path, "mesh", tp=2, fsdp=1, steps=6, tree=[2])
+    job2 = workers.train_job(tmp_path, "mesh", tp=2, fsdp=1, steps=6, tree=[2], grad_accum=2)
     run_local(workers.train, 2, job2)
     summary = json.loads(job2.summary_path.read_text())
     assert summary["resumed_from_step"] == 3 and summary["mesh"]["fsdp"] == 1

@@ -1,0 +1,154 @@
+"""Benchmark: per-rank peak memory and samples/s of tp-baseline vs dchag-L vs dchag-C.
+
+Real processes (gloo on CPU, NCCL/RCCL on GPUs), one model per (variant, channels), the
+same training step the loop runs (forward, backward, AdamW). Peak memory is the CUDA
+allocator's max on GPUs and torch's MemTracker (torch.distributed._tools) on CPU, which
+counts tensor bytes by category (parameters, gradients, optimizer state, activations).
+Prints ratios to the baseline measured in this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..model.build import ModelSpec, build_model
+from ..parallel.mesh import build_mesh, init_distributed, launch_env, pick_device, resolve_mesh
+from ..parallel.plans import parallelize
+from ..parallel.spawn import run_local
+from ..train.losses import forecast_loss
+
+ARCHS = ("tp-baseline", "dchag-L", "dchag-C")
+
+
+def _spec(arch: str, channels: int, a: argparse.Namespace, tp: int) -> ModelSpec:
+    return ModelSpec(arch=arch, task="forecast", channels=channels, image=tuple(a.image), patch=a.patch,
+                     dim=a.dim, depth=a.depth, heads=a.heads, agg_heads=a.heads, mlp_ratio=4.0,
+                     partitions=1 if arch == "tp-baseline" else tp, outputs=a.outputs)
+
+
+def _step(model, opt, x, lead, y, lat_w):
+    loss = forecast_loss(model(x, lead).float(), y, lat_w)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _measure(spec: ModelSpec, mesh, device, a) -> dict:
+    model = build_model(spec, seed=0).to(device)
+    parallelize(model, mesh)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(a.batch, spec.channels, *spec.image, generator=g).to(device)
+    y = torch.randn(a.batch, spec.outputs, *spec.image, generator=g).to(device)
+    lead = torch.full((a.batch,), 7.0, device=device)
+    lat_w = torch.ones(spec.image[0], device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with autocast:
+        _step(model, opt, x, lead, y, lat_w)  # warm-up: optimizer state exists from here on
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        with autocast:
+            _step(model, opt, x, lead, y, lat_w)
+        peak = torch.cuda.max_memory_allocated(device)
+        by_kind = {}
+    else:
+        from torch.distributed._tools.mem_tracker import MemTracker
+
+        tracker = MemTracker()
+        tracker.track_external(model, opt)
+        with tracker:
+            _step(model, opt, x, lead, y, lat_w)
+        snap = tracker.get_tracker_snapshot("peak")[device]
+        peak = snap["Total"]
+        by_kind = {k: v for k, v in snap.items() if k != "Total"}
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(a.steps):
+        with autocast:
+            _step(model, opt, x, lead, y, lat_w)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dist.barrier()
+    seconds = time.perf_counter() - t0
+    return {"peak_bytes": int(peak), "by_kind": {str(k): int(v) for k, v in by_kind.items()},
+            "samples_per_s": a.batch * a.steps / seconds}
+
+
+def worker(a: argparse.Namespace, out_file: str) -> None:
+    """Measure every (channels, arch) on this rank; rank 0 writes all ranks' results."""
+    env = launch_env()
+    device = pick_device(env.local_rank)
+    init_distributed(env, device)
+    mesh = build_mesh(resolve_mesh(env.world_size, env.world_size), device.type)
+    results = []
+    for channels in a.channels:
+        for arch in a.archs:
+            spec = _spec(arch, channels, a, env.world_size)
+            r = _measure(spec, mesh, device, a)
+            per_rank = [None] * env.world_size
+            dist.all_gather_object(per_rank, r)
+            results.append({"arch": arch, "channels": channels, "ranks": per_rank})
+    if env.rank == 0:
+        Path(out_file).write_text(json.dumps({"device": device.type, "world": env.world_size,
+                                              "args": vars(a), "results": results}, indent=2))
+    dist.destroy_process_group()
+
+
+def table(report: dict) -> str:
+    """The measured results as a text table with ratios to tp-baseline at the same channel count."""
+    lines = [f"device={report['device']} ranks={report['world']} (tp={report['world']}) "
+             f"dim={report['args']['dim']} depth={report['args']['depth']} image={report['args']['image']} "
+             f"patch={report['args']['patch']} batch/rank={report['args']['batch']}",
+             f"{'channels':>8} {'variant':>12} {'peak MiB/rank':>14} {'vs TP':>7} {'samples/s':>10} {'vs TP':>7}"]
+    base = {}
+    for r in report["results"]:
+        peak = max(x["peak_bytes"] for x in r["ranks"]) / 2**20
+        rate = r["ranks"][0]["samples_per_s"]
+        if r["arch"] == "tp-baseline":
+            base[r["channels"]] = (peak, rate)
+        bp, br = base.get(r["channels"], (peak, rate))
+        lines.append(f"{r['channels']:>8} {r['arch']:>12} {peak:>14.1f} {peak / bp:>7.2f} "
+                     f"{rate:>10.2f} {rate / br:>7.2f}")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Benchmark options (defaults sized for a 2-core CPU box; raise dim/depth on GPUs)."""
+    p = argparse.ArgumentParser(prog="dchag bench frontend", description=__doc__.splitlines()[0])
+    p.add_argument("--ranks", type=int, default=2)
+    p.add_argument("--channels", type=int, nargs="+", default=[128, 512, 1024])
+    p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    p.add_argument("--image", type=int, nargs=2, default=[32, 64])
+    p.add_argument("--patch", type=int, default=4)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--outputs", type=int, default=5)
+    p.add_argument("--batch", type=int, default=2, help="samples per rank per step")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    p.add_argument("--json", default=None, help="also write the raw results here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    """Run the benchmark on --ranks local processes and print the table."""
+    a = parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        run_local(worker, a.ranks, a, str(out))
+        report = json.loads(out.read_text())
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=2))
+    print(table(report))
+
+
+if __name__ == "__main__":
+    main()
