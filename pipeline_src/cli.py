@@ -65,6 +65,7 @@ def cmd_regrid(args) -> None:
                            f"{args.group} {args.period}: {cfg.era5['grid_deg']:g} deg -> 5.625 deg "
                            f"({metrics['backend']}, {cfg.era5['regrid']['method']})")
             run.log_artifact(args.preview, "previews")
+        before.close()
     log.info("regridded %s -> %s with %s (%.1f fields/s)", args.input, args.output,
              metrics["backend"], metrics["fields_per_s"])
 

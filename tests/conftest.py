@@ -62,9 +62,22 @@ def load_nc(path):
         return ds.load()
 
 
+def load_raw(*args, **kwargs):
+    """open_raw, load into memory, close the file (see load_nc)."""
+    from pipeline_src.era5.layout import open_raw
+
+    with open_raw(*args, **kwargs) as ds:
+        return ds.load()
+
+
 @pytest.fixture(autouse=True)
 def _collect_file_handles():
-    """Finalise leftover xarray file handles between tests, never inside an HDF5 call."""
+    """Close leftover xarray file handles between tests.
+
+    netCDF-C/HDF5 crash when a file holding a string variable (CDS's expver) is opened
+    while an earlier handle to it is still open (HDF5 issue 5359); session files are
+    reopened by many tests, so no handle may outlive its test.
+    """
     import gc
 
     yield

@@ -67,7 +67,21 @@ def open_raw(path, group: str, need: dict, grid_deg: float, hours: list[int], pe
     checked lazily by `count_nans` so the data is read once.
     """
     path = Path(path)
-    ds = canonicalise(_open(path, time_chunk))
+    raw = _open(path, time_chunk)
+    try:
+        ds = _checked(canonicalise(raw), path, group, need, grid_deg, hours, period)
+    except BaseException:
+        # Never leave the handle to the garbage collector: with netCDF-C/HDF5, opening a file
+        # that holds a string variable (CDS's expver) while an earlier handle to it is still
+        # open crashes HDF5 (HDF5 issue 5359, netcdf4-python issue 1444).
+        raw.close()
+        raise
+    ds.set_close(raw.close)  # closing the returned dataset closes the file
+    return ds
+
+
+def _checked(ds: xr.Dataset, path: Path, group: str, need: dict, grid_deg: float,
+             hours: list[int], period: str) -> xr.Dataset:
     missing = [v for v in need["vars"] if v not in ds.data_vars]
     if missing:
         raise InputError(path, f"missing variable(s) {', '.join(missing)} "

@@ -121,6 +121,17 @@ def regrid_file(cfg: Config, group: str, period: str, raw: str | Path, out: str 
     backend = choose_backend(rcfg["backend"])
     start = time.perf_counter()
     ds = open_raw(raw, group, need, era5["grid_deg"], era5["hours"], period, rcfg["time_chunk"])
+    try:
+        return _regrid_open(ds, cfg, group, period, raw, out, backend, weights_dir, start)
+    except BaseException:
+        ds.close()  # see layout.open_raw: no NetCDF handle may be left to the collector
+        raise
+
+
+def _regrid_open(ds, cfg: Config, group: str, period: str, raw: Path, out: Path, backend: str,
+                 weights_dir, start: float):
+    era5 = cfg.era5
+    rcfg = era5["regrid"]
     if group == "static":
         ds = ds.expand_dims(time=1)  # regrid code paths share one layout
     for name in ds.data_vars:

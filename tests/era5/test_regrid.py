@@ -2,6 +2,7 @@
 
 import importlib.util
 
+import dask
 import numpy as np
 import pytest
 import xarray as xr
@@ -115,7 +116,9 @@ def test_xesmf_requested_without_esmf():
 
 def test_regrid_file_writes_canonical_output(cfg, raw_files, tmp_path):
     out = tmp_path / "r.nc"
-    metrics, before, after = regrid_file(cfg, "pressure", "2010", raw_files[("pressure", "2010")], out)
+    with dask.config.set(scheduler="threads"):  # what the regrid jobs use
+        metrics, before, after = regrid_file(cfg, "pressure", "2010", raw_files[("pressure", "2010")], out)
+    before.close()
     ds = load_nc(out)
     assert dict(ds.sizes) == {"time": 365, "level": 2, "latitude": 32, "longitude": 64}
     assert list(ds.level.values) == [500, 850]

@@ -9,10 +9,9 @@ import pytest
 import xarray as xr
 
 from pipeline_src.era5.acquire import acquire
-from pipeline_src.era5.layout import open_raw
 from pipeline_src.era5.sources import cds_requests, fetch_cds, fetch_zarr
 from pipeline_src.io import InputError
-from tests.conftest import load_nc, small_config
+from tests.conftest import load_nc, load_raw, small_config
 
 SECRET = "abcd1234-5678-90ef-secret-token"
 
@@ -64,8 +63,8 @@ def test_download_merge_and_resume(tmp_path, year_file, cfg):
     fake = FakeCDS(year_file)
     fetch_cds(out, "pressure", "2010", cfg.required["pressure"], cfg.era5, client_factory=lambda: fake)
     assert len(fake.calls) == 12 and {c[0] for c in fake.calls} == {"reanalysis-era5-pressure-levels"}
-    a = open_raw(out, "pressure", cfg.required["pressure"], 10.0, [0], "2010").load()
-    b = open_raw(year_file, "pressure", cfg.required["pressure"], 10.0, [0], "2010").load()
+    a = load_raw(out, "pressure", cfg.required["pressure"], 10.0, [0], "2010")
+    b = load_raw(year_file, "pressure", cfg.required["pressure"], 10.0, [0], "2010")
     xr.testing.assert_allclose(a, b)
     assert [p.name for p in out.parent.iterdir()] == ["2010.nc"]  # parts removed
 
@@ -139,8 +138,8 @@ def test_zarr_store_to_cds_layout(tmp_path, raw_files):
     for group, period in (("pressure", "2010"), ("single", "2010"), ("static", "static")):
         out = tmp_path / group / f"{period}.nc"
         metrics = acquire(cfg, group, period, out)
-        got = open_raw(out, group, cfg.required[group], 10.0, [0], period).load()
-        want = open_raw(raw_files[(group, period)], group, cfg.required[group], 10.0, [0], period).load()
+        got = load_raw(out, group, cfg.required[group], 10.0, [0], period)
+        want = load_raw(raw_files[(group, period)], group, cfg.required[group], 10.0, [0], period)
         xr.testing.assert_allclose(got, want)
         assert metrics["fields"] > 0
     with pytest.raises(InputError, match="store lacks 365 time step"):

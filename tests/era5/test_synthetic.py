@@ -6,9 +6,8 @@ import pandas as pd
 import xarray as xr
 
 from pipeline_src.era5.channels import G
-from pipeline_src.era5.layout import open_raw
 from pipeline_src.era5.synthetic import SyntheticERA5, standard_height, write_synthetic
-from tests.conftest import load_nc, small_config
+from tests.conftest import load_nc, load_raw, small_config
 
 
 def test_new_cds_layout(raw_files):
@@ -35,8 +34,8 @@ def test_old_layout_is_packed_and_decodes_to_the_same_fields(tmp_path):
         assert "time" in nc.dimensions and "level" in nc.dimensions
         assert nc["t"].dtype == np.int16 and hasattr(nc["t"], "scale_factor")
         assert nc["time"].units.startswith("hours since 1900-01-01")
-    a = open_raw(tmp_path / "new.nc", "pressure", need, 10.0, [0], "2010").load()
-    b = open_raw(tmp_path / "old.nc", "pressure", need, 10.0, [0], "2010").load()
+    a = load_raw(tmp_path / "new.nc", "pressure", need, 10.0, [0], "2010")
+    b = load_raw(tmp_path / "old.nc", "pressure", need, 10.0, [0], "2010")
     for var, tol in (("z", 3.0), ("t", 0.01), ("u", 0.01), ("q", 1e-6)):
         np.testing.assert_allclose(b[var].values, a[var].values, atol=tol, rtol=0)
 
