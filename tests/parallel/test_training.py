@@ -85,3 +85,15 @@ def test_checkpoint_from_another_architecture_is_refused(tmp_path):
         load_checkpoint(tmp_path / "ck", build_model(b), None, spec_dict=b.to_dict(), fingerprint=b.fingerprint())
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         load_checkpoint(tmp_path / "nothing", model, None, spec_dict=a.to_dict(), fingerprint=a.fingerprint())
+
+
+@pytest.mark.timeout(120)
+def test_bf16_autocast_tracks_fp32(tmp_path):
+    """The bf16 autocast path (the default on GPUs) runs on CPU and stays near fp32."""
+    fp32 = workers.train_job(tmp_path, "fp32", tp=1, steps=4, precision="fp32")
+    bf16 = workers.train_job(tmp_path, "bf16", tp=1, steps=4, precision="bf16")
+    run_local(workers.train, 1, fp32)
+    run_local(workers.train, 1, bf16)
+    a, b = _history(fp32), _history(bf16)
+    assert a != b  # autocast really changed the arithmetic
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=5e-2, atol=1e-3)
