@@ -13,11 +13,13 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/era5.smk"
+include: "workflow/rules/hyperspectral.smk"
 include: "workflow/rules/train.smk"
 
 
 rule all:
     input:
         rules.era5_all.input,
+        rules.hs_all.input,
         rules.train_all.input,
     default_target: True

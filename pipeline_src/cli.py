@@ -111,6 +111,68 @@ def cmd_assemble(args) -> None:
     log.info("assembled %d channels into %s (%.1f s)", metrics["n_channels"], out, metrics["seconds"])
 
 
+def cmd_hs_acquire(args) -> None:
+    """Write one synthetic plant scene (raw, white, dark) as ENVI cubes."""
+    from .hyperspectral.synthetic import make_scene, write_scene
+
+    cfg = config_mod.load(args.config)
+    syn = cfg.hyperspectral["synthetic"]
+    index = cfg.hyperspectral_images().index(args.image)
+    scene = make_scene(syn["seed"] * 100003 + index, lines=syn["lines"], samples=syn["samples"],
+                       bands=syn["bands"])
+    write_scene(scene, args.output_dir, args.image, "envi", syn["interleave"], syn["dtype"])
+    log.info("wrote synthetic scene %s (%.1f%% leaf)", args.image, 100 * scene.leaves.mean())
+
+
+def cmd_hs_preprocess(args) -> None:
+    """Calibrate, band-process and mask one cube; write its Zarr, summary and preview."""
+    import zarr
+
+    from .hyperspectral.plots import preview
+    from .hyperspectral.stage import preprocess_image
+    from .tracking import stage_run
+
+    cfg = config_mod.load(args.config)
+    hs = cfg.hyperspectral
+    params = {"image": args.image, "bands": hs["bands"], "calibrate": hs["calibrate"], "mask": hs["mask"],
+              "source": hs["source"]}
+    with stage_run(cfg.mlflow, "hs_preprocess", args.rule, params) as run:
+        summary = preprocess_image(args.raw, args.white, args.dark, hs, args.output, args.summary)
+        run.log_metrics({"plant_fraction": summary["plant_fraction"], "seconds": summary["seconds"],
+                         "megabytes_read": summary["bytes_read"] / 1e6,
+                         "megabytes_per_s": summary["bytes_read"] / 1e6 / summary["seconds"]})
+        run.set_tags({"format": summary["format"], "interleave": summary["interleave"]})
+        g = zarr.open_group(args.output, mode="r")
+        preview(g["reflectance"][:], g["wavelength"][:], g["mask"][:].astype(bool), args.preview,
+                f"{args.image}: {summary['format']} {summary['interleave']}, {summary['bands_out']} bands")
+        run.log_artifact(args.preview, "previews")
+        run.log_artifact(args.summary, "summaries")
+    log.info("%s: %.1f%% plant pixels", args.image, 100 * summary["plant_fraction"])
+
+
+def cmd_hs_tiles(args) -> None:
+    """Band statistics on training plant pixels, then normalised tiles per split."""
+    from .hyperspectral.plots import spectra
+    from .hyperspectral.stage import make_tiles, read_summaries
+    from .tracking import stage_run
+
+    cfg = config_mod.load(args.config)
+    hs = cfg.hyperspectral
+    images = {Path(p).stem: Path(p) for p in args.inputs}
+    params = {"tiles": hs["tiles"], "splits": hs["splits"], "images": sorted(images)}
+    with stage_run(cfg.mlflow, "hs_tiles", args.rule, params) as run:
+        stats = make_tiles(images, hs, args.output_dir)
+        summaries = read_summaries(args.summaries)
+        spectra(summaries, args.spectra)
+        run.log_metrics({f"tiles_{k}": v for k, v in stats["tiles"].items()})
+        run.log_metrics({"plant_pixels_train": stats["plant_pixels"],
+                         "mean_plant_fraction": sum(s["plant_fraction"] for s in summaries.values())
+                         / len(summaries)})
+        run.log_artifact(Path(args.output_dir) / "stats.json", "data")
+        run.log_artifact(args.spectra, "plots")
+    log.info("tiles per split: %s", stats["tiles"])
+
+
 def cmd_train(args) -> None:
     """Train one configured variant on this rank (run under torchrun or srun; rank 0 logs)."""
     from .train.job import job_from_config
@@ -170,6 +232,25 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "assemble":
             s.add_argument("--inputs", nargs="+", required=True, help="regridded NetCDF files")
             s.add_argument("--output-dir", required=True)
+
+    hsp = sub.add_parser("hyperspectral", help="hyperspectral stages").add_subparsers(dest="stage", required=True)
+    h = hsp.add_parser("acquire", help="write one synthetic plant scene (ENVI raw + white + dark)")
+    h.add_argument("--image", required=True)
+    h.add_argument("--output-dir", required=True)
+    h.set_defaults(func=cmd_hs_acquire)
+    h = hsp.add_parser("preprocess", help="calibrate, band-process and mask one cube")
+    for name in ("--image", "--raw", "--white", "--dark", "--output", "--summary", "--preview"):
+        h.add_argument(name, required=True)
+    h.set_defaults(func=cmd_hs_preprocess)
+    h = hsp.add_parser("tiles", help="normalise and tile the preprocessed images per split")
+    h.add_argument("--inputs", nargs="+", required=True, help="preprocessed image Zarr stores")
+    h.add_argument("--summaries", nargs="+", required=True, help="their JSON summaries")
+    h.add_argument("--output-dir", required=True)
+    h.add_argument("--spectra", required=True, help="PNG of mean plant/background spectra")
+    h.set_defaults(func=cmd_hs_tiles)
+    for h in hsp.choices.values():
+        h.add_argument("--config", default="config.yaml")
+        h.add_argument("--rule", default=None)
 
     t = sub.add_parser("train", help="train one model variant (launch with torchrun or srun)")
     t.add_argument("--config", default="config.yaml")

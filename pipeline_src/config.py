@@ -69,6 +69,7 @@ def _check_semantics(cfg: dict, source: str) -> None:
     except ConfigError as err:
         raise ConfigError(source, f"era5.channels: {err.problem}") from None
     _check_training(cfg, source)
+    _check_hyperspectral(cfg["hyperspectral"], source)
     grid = cfg["era5"]["grid_deg"]
     if abs(360 / grid - round(360 / grid)) > 1e-9:
         raise ConfigError(source, f"era5.grid_deg: {grid} does not divide 360")
@@ -117,6 +118,19 @@ def _check_training(cfg: dict, source: str) -> None:
                                       f"{smallest} channels of the smallest partition")
 
 
+def _check_hyperspectral(hs: dict, source: str) -> None:
+    if hs["source"] == "files" and not hs["files"]:
+        raise ConfigError(source, "hyperspectral.files: source 'files' needs at least one {name, raw, white, dark}")
+    names = [f["name"] for f in hs["files"]]
+    if len(set(names)) != len(names):
+        raise ConfigError(source, "hyperspectral.files: image names must be unique")
+    lo, hi = hs["bands"]["trim_nm"]
+    if lo >= hi:
+        raise ConfigError(source, f"hyperspectral.bands.trim_nm: {lo} is not below {hi}")
+    if hs["splits"]["val"] + hs["splits"]["test"] >= 1:
+        raise ConfigError(source, "hyperspectral.splits: val + test must leave images for training")
+
+
 def load(path: str | Path) -> "Config":
     """Read, default-fill and validate a YAML config file."""
     path = Path(path)
@@ -141,6 +155,18 @@ class Config:
     def era5(self) -> dict:
         """The era5 section, defaults filled."""
         return self.data["era5"]
+
+    @property
+    def hyperspectral(self) -> dict:
+        """The hyperspectral section, defaults filled."""
+        return self.data["hyperspectral"]
+
+    def hyperspectral_images(self) -> list[str]:
+        """Names of the hyperspectral images the stage processes, in order."""
+        hs = self.hyperspectral
+        if hs["source"] == "files":
+            return [f["name"] for f in hs["files"]]
+        return [f"plant_{i:03d}" for i in range(hs["synthetic"]["images"])]
 
     @property
     def mlflow(self) -> dict:

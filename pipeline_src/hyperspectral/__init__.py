@@ -1,0 +1,1 @@
+"""Hyperspectral plant cubes: readers (ENVI, camera .bil, HDF5), calibration, bands, mask, tiles."""

@@ -1,0 +1,264 @@
+"""One lazy interface over the cube formats plant-phenotyping cameras write.
+
+- ENVI header + raw (BIL, BIP, BSQ; uint8/int16/uint16/float32; either byte order), read
+  through SPy (`spectral`), memory-mapped.
+- The non-ENVI camera header (NROWS, NCOLS, NBANDS, NBITS, LAYOUT, BYTEORDER,
+  WAVELENGTHS ... WAVELENGTHS_END) next to a .bil/.bip/.bsq file, memory-mapped.
+- HDF5 with a 3-D cube dataset and a wavelength dataset, read by slices (h5py).
+
+Every reader yields lines (rows) as float32 (n_lines, samples, bands) so a cube larger
+than memory streams block by block.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..io import InputError
+
+INTERLEAVES = ("bil", "bip", "bsq")
+# axis order of each interleave on disk, in terms of (line, sample, band)
+_ORDER = {"bil": ("line", "band", "sample"), "bip": ("line", "sample", "band"),
+          "bsq": ("band", "line", "sample")}
+
+
+@dataclass
+class Cube:
+    """A hyperspectral cube on disk: shape (lines, samples, bands), wavelengths in nm."""
+
+    path: Path
+    lines: int
+    samples: int
+    bands: int
+    wavelengths: np.ndarray
+    interleave: str
+    dtype: np.dtype
+    fmt: str
+    _read: Callable[[int, int], np.ndarray]
+    close: Callable[[], None] = lambda: None
+
+    def read_lines(self, start: int, stop: int) -> np.ndarray:
+        """Lines [start, stop) as float32 (n, samples, bands)."""
+        return np.asarray(self._read(start, stop), dtype=np.float32)
+
+    def read(self) -> np.ndarray:
+        """The whole cube as float32 (lines, samples, bands); for small cubes."""
+        return self.read_lines(0, self.lines)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the cube's data on disk."""
+        return self.lines * self.samples * self.bands * self.dtype.itemsize
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def check_wavelengths(path, wavelengths, bands: int) -> np.ndarray:
+    """Wavelengths as float64 nm; InputError if missing, the wrong count or not increasing."""
+    if wavelengths is None or len(wavelengths) == 0:
+        raise InputError(path, "no wavelengths in the header")
+    wl = np.asarray(wavelengths, dtype=np.float64)
+    if wl.size != bands:
+        raise InputError(path, f"{wl.size} wavelengths for {bands} bands")
+    if not np.all(np.diff(wl) > 0):
+        bad = int(np.argmax(np.diff(wl) <= 0))
+        raise InputError(path, f"wavelengths are not increasing (band {bad}: {wl[bad]:g} nm, "
+                               f"band {bad + 1}: {wl[bad + 1]:g} nm)")
+    if wl.max() < 100:  # micrometres
+        wl = wl * 1000.0
+    return wl
+
+
+def _memmap_reader(path: Path, shape_lsb: tuple[int, int, int], interleave: str, dtype: np.dtype,
+                   offset: int = 0):
+    lines, samples, bands = shape_lsb
+    size = {"line": lines, "sample": samples, "band": bands}
+    disk_shape = tuple(size[a] for a in _ORDER[interleave])
+    expected = offset + int(np.prod(disk_shape)) * dtype.itemsize
+    actual = path.stat().st_size
+    if actual != expected:
+        raise InputError(path, f"raw data has {actual} bytes, the header implies {expected} "
+                               f"({lines} lines x {samples} samples x {bands} bands x "
+                               f"{dtype.itemsize} bytes{f' + {offset} offset' if offset else ''})"
+                               f"{': truncated?' if actual < expected else ''}")
+    mm = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=disk_shape)
+    perm = [_ORDER[interleave].index(a) for a in ("line", "sample", "band")]
+
+    def read(start, stop):
+        if interleave == "bsq":
+            block = mm[:, start:stop, :]
+        else:
+            block = mm[start:stop]
+        return np.transpose(block, perm) if interleave != "bsq" else np.transpose(block, (1, 2, 0))
+
+    return read, (lambda: mm._mmap.close() if mm._mmap is not None else None)
+
+
+def _open_envi(header: Path, data: Path) -> Cube:
+    import spectral.io.envi as envi
+
+    try:
+        meta = envi.read_envi_header(str(header))
+    except Exception as err:  # SPy raises its own error types for malformed headers
+        raise InputError(header, f"unreadable ENVI header ({type(err).__name__}: {err})") from None
+    try:
+        lines, samples, bands = int(meta["lines"]), int(meta["samples"]), int(meta["bands"])
+        code = int(meta["data type"])
+    except KeyError as err:
+        raise InputError(header, f"ENVI header lacks {err.args[0]!r}") from None
+    interleave = meta.get("interleave", "bsq").lower()
+    if interleave not in INTERLEAVES:
+        raise InputError(header, f"unknown interleave {interleave!r}")
+    codes = {1: "u1", 2: "i2", 3: "i4", 4: "f4", 5: "f8", 12: "u2", 13: "u4"}
+    if code not in codes:
+        raise InputError(header, f"unsupported ENVI data type {code}")
+    order = ">" if int(meta.get("byte order", 0)) == 1 else "<"
+    dtype = np.dtype(order + codes[code])
+    wl = check_wavelengths(header, meta.get("wavelength"), bands)
+    offset = int(meta.get("header offset", 0))
+    # SPy validates the header/data pairing and is what users will reach for interactively;
+    # its memmap is used when it agrees with ours, ours otherwise (same bytes, same layout).
+    read, close = _memmap_reader(data, (lines, samples, bands), interleave, dtype, offset)
+    try:
+        img = envi.open(str(header), str(data))
+        spy = img.open_memmap(interleave="bip")  # (lines, samples, bands) view
+        read = lambda a, b: spy[a:b]  # noqa: E731
+    except Exception:  # older SPy without memmap support for this layout: keep ours
+        pass
+    return Cube(data, lines, samples, bands, wl, interleave, dtype, "envi", read, close)
+
+
+_CAMERA_KEY = re.compile(r"^\s*([A-Z_]+)\s*[=:]?\s*(.*?)\s*$")
+
+
+def parse_camera_header(header: Path) -> tuple[dict, list[float]]:
+    """Keys and wavelengths of a camera-style header (NROWS ... WAVELENGTHS ... WAVELENGTHS_END)."""
+    keys, wavelengths, in_wl = {}, [], False
+    for raw in header.read_text(errors="replace").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(";"):
+            continue
+        if in_wl:
+            if line.upper() == "WAVELENGTHS_END":
+                in_wl = False
+                continue
+            try:
+                wavelengths += [float(x) for x in re.split(r"[,\s]+", line) if x]
+            except ValueError:
+                raise InputError(header, f"bad wavelength line {line!r}") from None
+            continue
+        if line.upper() == "WAVELENGTHS":
+            in_wl = True
+            continue
+        m = _CAMERA_KEY.match(line)
+        if m:
+            keys[m.group(1).upper()] = m.group(2)
+    if in_wl:
+        raise InputError(header, "WAVELENGTHS block has no WAVELENGTHS_END")
+    return keys, wavelengths
+
+
+def _open_camera(header: Path, data: Path) -> Cube:
+    keys, wavelengths = parse_camera_header(header)
+    try:
+        lines, samples, bands = int(keys["NROWS"]), int(keys["NCOLS"]), int(keys["NBANDS"])
+        nbits = int(keys.get("NBITS", 16))
+    except KeyError as err:
+        raise InputError(header, f"camera header lacks {err.args[0]}") from None
+    layout = keys.get("LAYOUT", data.suffix.lstrip(".")).lower()
+    if layout not in INTERLEAVES:
+        raise InputError(header, f"unknown LAYOUT {layout!r}")
+    pixel = keys.get("PIXELTYPE", "FLOAT" if nbits == 32 else "UNSIGNEDINT").upper()
+    kinds = {(8, "UNSIGNEDINT"): "u1", (16, "UNSIGNEDINT"): "u2", (16, "SIGNEDINT"): "i2",
+             (32, "FLOAT"): "f4", (32, "UNSIGNEDINT"): "u4"}
+    if (nbits, pixel) not in kinds:
+        raise InputError(header, f"unsupported NBITS {nbits} / PIXELTYPE {pixel}")
+    order = ">" if keys.get("BYTEORDER", "I").upper().startswith("M") else "<"
+    dtype = np.dtype(order + kinds[(nbits, pixel)])
+    wl = check_wavelengths(header, wavelengths, bands)
+    offset = int(keys.get("SKIPBYTES", 0))
+    read, close = _memmap_reader(data, (lines, samples, bands), layout, dtype, offset)
+    return Cube(data, lines, samples, bands, wl, layout, dtype, "camera", read, close)
+
+
+def _open_hdf5(path: Path) -> Cube:
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise InputError(path, f"cannot read HDF5 ({err}); truncated or not HDF5?") from None
+    cubes = [k for k, v in f.items() if isinstance(v, h5py.Dataset) and v.ndim == 3]
+    wl_names = [k for k in f if k.lower() in ("wavelength", "wavelengths", "wl")]
+    if not cubes:
+        f.close()
+        raise InputError(path, "no 3-D cube dataset in the HDF5 file")
+    name = "cube" if "cube" in cubes else cubes[0]
+    ds = f[name]
+    interleave = str(ds.attrs.get("interleave", "bip")).lower()
+    if interleave not in INTERLEAVES:
+        f.close()
+        raise InputError(path, f"unknown interleave attribute {interleave!r} on {name}")
+    axes = _ORDER[interleave]
+    shape = dict(zip(axes, ds.shape))
+    lines, samples, bands = shape["line"], shape["sample"], shape["band"]
+    try:
+        wl = check_wavelengths(path, f[wl_names[0]][()] if wl_names else None, bands)
+    except InputError:
+        f.close()
+        raise
+    perm = [axes.index(a) for a in ("line", "sample", "band")]
+
+    def read(start, stop):
+        sel = [slice(None)] * 3
+        sel[axes.index("line")] = slice(start, stop)
+        return np.transpose(ds[tuple(sel)], perm)
+
+    return Cube(path, lines, samples, bands, wl, interleave, ds.dtype, "hdf5", read, f.close)
+
+
+def find_header(path: Path) -> Path | None:
+    """The header next to a data file (name.hdr or name.ext.hdr), or path itself if it is one."""
+    if path.suffix.lower() == ".hdr":
+        return path
+    for cand in (path.with_suffix(".hdr"), path.with_name(path.name + ".hdr")):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def find_data(header: Path) -> Path | None:
+    """The raw data file next to a header (no extension, .raw, .img, .dat, .bil, .bip, .bsq)."""
+    stem = header.with_suffix("")
+    for cand in [stem] + [stem.with_suffix(s) for s in (".raw", ".img", ".dat", ".bil", ".bip", ".bsq")]:
+        if cand.is_file() and cand != header:
+            return cand
+    return None
+
+
+def open_cube(path: str | Path) -> Cube:
+    """Open any supported cube (detected from the files), lazily; InputError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.suffix.lower() in (".h5", ".hdf5", ".he5", ".nc"):
+        return _open_hdf5(path)
+    header = find_header(path)
+    if header is None:
+        raise InputError(path, "no header found next to the data (expected a .hdr file)")
+    data = path if path != header else find_data(header)
+    if data is None:
+        raise InputError(header, "no raw data file next to the header")
+    first = header.read_text(errors="replace").lstrip()[:4]
+    if first.upper() == "ENVI":
+        return _open_envi(header, data)
+    return _open_camera(header, data)
