@@ -179,7 +179,7 @@ def cmd_train(args) -> None:
     from .train.loop import Preempted, run_training
 
     cfg = config_mod.load(args.config)
-    job = job_from_config(cfg, args.variant, args.output_dir, args.assembled, args.rule)
+    job = job_from_config(cfg, args.variant, args.output_dir, args.assembled, args.rule, args.tiles)
     try:
         summary = run_training(job)
     except Preempted as stop:
@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--variant", required=True, help="a name from train.variants")
     t.add_argument("--output-dir", required=True, help="run folder: final/, summary.json, checkpoints/")
     t.add_argument("--assembled", default=None, help="assembled ERA5 folder (forecast variants)")
+    t.add_argument("--tiles", default=None, help="hyperspectral tiles folder (MAE variants)")
     t.add_argument("--rule", default=None)
     t.set_defaults(func=cmd_train)
 

@@ -99,6 +99,8 @@ def _check_training(cfg: dict, source: str) -> None:
     for v in train["variants"]:
         m = variant_model(cfg, v)
         where = f"train.variants[{v['name']}]"
+        if v["task"] == "mae" and cfg["mae"]["source"] == "hyperspectral":
+            continue  # band count known once the tiles exist; checked at launch (check_tp)
         channels = len(channel_names) if v["task"] == "forecast" else cfg["mae"]["bands"]
         for key in ("heads", "agg_heads"):
             if m["dim"] % m[key] or m[key] % tp:

@@ -164,6 +164,7 @@ def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path) -> dict:
     std = np.where(std > 1e-6, std, 1.0)
     size = tuple(hs["tiles"]["size"])
     min_plant = hs["tiles"]["min_plant_fraction"]
+    mask_background = hs["tiles"]["mask_background"]
     counts = {}
     for split in SPLITS:
         picks = []
@@ -182,13 +183,18 @@ def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path) -> dict:
                                       dtype="uint8", dimension_names=["tile", "y", "x"])
             for i, (name, y, x) in enumerate(picks):
                 cut = groups[name]["reflectance"][y:y + size[0], x:x + size[1]]
-                tiles[i] = ((cut - mean) / std).transpose(2, 0, 1).astype(np.float32)
-                masks[i] = groups[name]["mask"][y:y + size[0], x:x + size[1]]
+                keep = groups[name]["mask"][y:y + size[0], x:x + size[1]]
+                norm = (cut - mean) / std
+                if mask_background:  # statistics are of plant pixels: background would be far outliers
+                    norm[keep == 0] = 0.0
+                tiles[i] = norm.transpose(2, 0, 1).astype(np.float32)
+                masks[i] = keep
             root.create_array("wavelength", data=wl, dimension_names=["band"])
             root.attrs.update({"images": [p[0] for p in picks], "origins": [[p[1], p[2]] for p in picks],
                                "split": split})
     stats = {"wavelengths": wl.tolist(), "mean": mean.tolist(), "std": std.tolist(),
-             "plant_pixels": int(count), "splits": splits, "tiles": counts, "tile_size": list(size)}
+             "plant_pixels": int(count), "splits": splits, "tiles": counts, "tile_size": list(size),
+             "background_masked": bool(mask_background)}
     write_json(out_dir / "stats.json", stats)
     return stats
 

@@ -105,6 +105,38 @@ class ERA5Forecast:
         self.ds.close()
 
 
+class SpectralTiles:
+    """Normalised hyperspectral tiles (band, y, x) from the hyperspectral stage's split Zarr."""
+
+    def __init__(self, store: str | Path):
+        import zarr
+
+        self.store = Path(store)
+        try:
+            group = zarr.open_group(str(self.store), mode="r")
+            self.tiles = group["tiles"]
+            self.wavelengths = group["wavelength"][:]
+        except (FileNotFoundError, KeyError, ValueError) as err:
+            raise InputError(self.store, f"not a hyperspectral tile store ({err}); run hs_tiles") from None
+        if self.tiles.shape[0] == 0:
+            raise InputError(self.store, "holds no tiles")
+        self.bands = int(self.tiles.shape[1])
+        self.image = (int(self.tiles.shape[2]), int(self.tiles.shape[3]))
+
+    def batch(self, seed: int, step: int, micro: int, global_batch: int, rows: slice,
+              mask_ratio: float, patch: int) -> Batch:
+        """This rank's rows of the global micro-batch, with the (shared) MAE mask."""
+        from ..model.arch import random_mask
+
+        g = step_generator(seed, step, micro)
+        ids = torch.randint(0, self.tiles.shape[0], (global_batch,), generator=g)
+        num_patches = (self.image[0] // patch) * (self.image[1] // patch)
+        mask = random_mask(global_batch, num_patches, mask_ratio, g)
+        x = torch.stack([torch.from_numpy(np.asarray(self.tiles[int(i)], dtype=np.float32))
+                         for i in ids[rows]])
+        return Batch(x, mask=mask[rows])
+
+
 class SyntheticSpectralTiles:
     """Seeded hyperspectral tiles (bands, H, W): smooth abundance maps of plant, soil and pot spectra.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from ..config import Config
@@ -12,8 +13,16 @@ SETTING_KEYS = ("steps", "micro_batch", "grad_accum", "lr", "min_lr_ratio", "war
                 "log_every", "seed")
 
 
+def data_version(*files: Path) -> str:
+    """Hash of the small files that describe a dataset's content (manifest, statistics)."""
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(Path(f).read_bytes() if Path(f).is_file() else b"missing")
+    return digest.hexdigest()[:12]
+
+
 def job_from_config(cfg: Config, variant: str, out_dir: str | Path, assembled: str | Path | None,
-                    rule: str | None = None) -> TrainJob:
+                    rule: str | None = None, tiles: str | Path | None = None) -> TrainJob:
     """The TrainJob for one configured variant, writing under out_dir."""
     v = cfg.variant(variant)
     t = cfg.data["train"]
@@ -26,11 +35,17 @@ def job_from_config(cfg: Config, variant: str, out_dir: str | Path, assembled: s
         data = {"store": str(assembled / "train.zarr"),
                 "normalization": str(assembled / "normalization.json"),
                 "targets": list(cfg.data["forecast"]["targets"]),
-                "lead_days": list(cfg.data["forecast"]["lead_days"])}
+                "lead_days": list(cfg.data["forecast"]["lead_days"]),
+                "version": data_version(assembled / "manifest.json", assembled / "normalization.json")}
     else:
         m = cfg.data["mae"]
         data = {"source": m["source"], "bands": m["bands"], "image": list(m["image"]),
                 "mask_ratio": m["mask_ratio"], "seed": m["seed"]}
+        if m["source"] == "hyperspectral":
+            if tiles is None:
+                raise ValueError("an MAE variant on hyperspectral tiles needs the tiles directory")
+            data["store"] = str(Path(tiles) / "train.zarr")
+            data["version"] = data_version(Path(tiles) / "stats.json")
     out = Path(out_dir)
     return TrainJob(name=variant, task=v["task"], model=v["model"], settings=settings, run_dir=out,
                     final_dir=out / "final", summary_path=out / "summary.json", data=data,

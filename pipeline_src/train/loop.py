@@ -6,6 +6,8 @@ torch.multiprocessing in tests). Rank 0 logs to MLflow and shows the progress ba
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import resource
@@ -27,7 +29,7 @@ from ..parallel.grads import clip_grad_norm
 from ..parallel.mesh import (build_mesh, init_distributed, launch_env, pick_device,
                              resolve_mesh)
 from ..parallel.plans import data_parallel_rank, is_main, parallelize
-from .data import ERA5Forecast, SyntheticSpectralTiles
+from .data import ERA5Forecast, SpectralTiles, SyntheticSpectralTiles
 from .losses import forecast_loss, latitude_weights, mae_loss
 from .schedule import learning_rate
 
@@ -83,6 +85,8 @@ def _open_data(job: TrainJob):
         d = job.data
         return ERA5Forecast(d["store"], d["normalization"], d["targets"], d["lead_days"])
     d = job.data
+    if d.get("source") == "hyperspectral":
+        return SpectralTiles(d["store"])
     return SyntheticSpectralTiles(d["bands"], tuple(d["image"]), d.get("seed", 0))
 
 
@@ -100,6 +104,13 @@ def model_spec(job: TrainJob, data, tp: int) -> ModelSpec:
         return ModelSpec(channels=len(data.channels), image=data.image, outputs=len(data.targets),
                          channel_names=tuple(data.channels), **common)
     return ModelSpec(channels=data.bands, image=data.image, **common)
+
+
+def run_fingerprint(spec: ModelSpec, s: TrainSettings, data: dict) -> str:
+    """Hash of what makes two runs the same run (the mesh excluded): names the resume folder."""
+    settings = {k: v for k, v in vars(s).items() if k not in ("tp", "fsdp", "dp")}
+    blob = json.dumps({"spec": spec.to_dict(), "settings": settings, "data": data}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -180,7 +191,14 @@ def run_training(job: TrainJob, on_step: Callable[[int, float], None] | None = N
 
     meta = {"fingerprint": spec.fingerprint(), "spec": spec.to_dict(), "variant": job.name,
             "mesh": {"dp": shape.dp, "fsdp": shape.fsdp, "tp": shape.tp}}
-    ckpt_root = Path(job.run_dir) / "checkpoints"
+    # Resume only the same run: same architecture, optimisation settings and data. The mesh
+    # is left out on purpose, since DCP reshards a checkpoint to another world size.
+    run_key = run_fingerprint(spec, s, job.data)
+    ckpt_root = Path(job.run_dir) / "checkpoints" / run_key
+    others = [p.name for p in ckpt_root.parent.glob("*") if p.is_dir() and p.name != run_key]
+    if others and is_main():
+        log.warning("%s: checkpoints of other configurations in %s are not resumed: %s",
+                    job.name, ckpt_root.parent, ", ".join(sorted(others)))
     start, history = 0, []
     latest = ckpt.latest_checkpoint(ckpt_root)
     if latest is not None:
@@ -255,7 +273,8 @@ def run_training(job: TrainJob, on_step: Callable[[int, float], None] | None = N
                    "history": history, "peak_memory_mb_per_rank": peaks,
                    "memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss",
                    "world_size": env.world_size, "mesh": meta["mesh"], "parameters": total_params,
-                   "fingerprint": spec.fingerprint(), "checkpoint": str(job.final_dir)}
+                   "fingerprint": spec.fingerprint(), "checkpoint": str(job.final_dir),
+                   "resume_folder": str(ckpt_root)}
         rates = [h["samples_per_s"] for h in history if "samples_per_s" in h]
         summary["samples_per_s"] = sum(rates) / len(rates) if rates else None
         if is_main():

@@ -30,7 +30,8 @@ TINY = {
     "model": {"dim": 32, "depth": 1, "heads": 2, "agg_heads": 2, "mlp_ratio": 2},
     "train": {"steps": 6, "micro_batch": 2, "checkpoint_every": 3, "log_every": 2, "warmup_steps": 2},
     "forecast": {"targets": ["z_500", "t2m"], "lead_days": [1, 2]},
-    "mae": {"bands": 8, "image": [16, 16]},
+    "hyperspectral": {"synthetic": {"images": 3, "lines": 32, "samples": 48, "bands": 100},
+                      "bands": {"expected": 100, "bin": 4}, "tiles": {"size": [16, 16]}},
 }
 VARIANTS = ["forecast-tp-baseline", "forecast-dchag-L", "mae-dchag-L"]
 
@@ -84,7 +85,8 @@ def test_mlflow_parent_and_children(workflow_run):
         by_rule.setdefault(r.data.tags["rule"], []).append(r)
     # 3 years x (pressure, single) + static, for acquire and regrid; one assemble
     assert {k: len(v) for k, v in by_rule.items()} == {"era5_acquire": 7, "era5_regrid": 7,
-                                                       "era5_assemble": 1, "train": 3}
+                                                       "era5_assemble": 1, "train": 3,
+                                                       "hs_preprocess": 3, "hs_tiles": 1}
     assert all(r.info.status == "FINISHED" for r in children)
     regrid = by_rule["era5_regrid"][0]
     assert regrid.data.tags["stage"] == "era5_regrid" and regrid.data.tags["regrid_backend"] == "xarray-regrid"
@@ -112,7 +114,7 @@ def test_training_outputs_and_tracking(workflow_run):
         model, meta = load_trained(out / "final")
         assert meta["variant"] == name and meta["step"] == 6
         assert (out / "loss.png").stat().st_size > 1000
-        assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000003"]
+        assert [p.name for p in (out / "checkpoints").glob("*/step_*")] == ["step_00000003"]
         run = train_runs[name]
         assert run.data.params["world_size"] == "2" and run.data.params["launcher"] == "torchrun"
         assert run.data.params["final_checkpoint"].endswith(f"results/train/{name}/final")
@@ -124,6 +126,29 @@ def test_training_outputs_and_tracking(workflow_run):
         assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {"summary.json", "loss.png"}
     assert train_runs["forecast-dchag-L"].data.params["model.partitions"] == "2"
     assert not list(wd.rglob(".*.partial"))
+
+
+def test_hyperspectral_outputs_and_tracking(workflow_run):
+    import zarr
+
+    wd, _ = workflow_run
+    out = wd / "results/hyperspectral"
+    stats = json.loads((out / "tiles/stats.json").read_text())
+    assert sorted(stats["splits"].values()) == ["test", "train", "val"]
+    assert stats["tiles"] == {"train": 6, "val": 6, "test": 6}  # (32/16) x (48/16) per image
+    train = zarr.open_group(str(out / "tiles/train.zarr"), mode="r")
+    assert train["tiles"].shape == (6, len(stats["wavelengths"]), 16, 16)
+    assert (out / "spectra.png").stat().st_size > 1000
+    assert (out / "calibrated/plant_000.png").stat().st_size > 1000
+    client, runs = _runs(wd)
+    pre = [r for r in runs if r.data.tags.get("rule") == "hs_preprocess"]
+    assert all(0.02 < r.data.metrics["plant_fraction"] < 0.6 for r in pre)
+    assert {f.path for f in client.list_artifacts(pre[0].info.run_id, "previews")} == \
+        {f"previews/{pre[0].data.params['image']}.png"}
+    tiles = next(r for r in runs if r.data.tags.get("rule") == "hs_tiles")
+    assert tiles.data.metrics["tiles_train"] == 6
+    mae = json.loads((wd / "results/train/mae-dchag-L/summary.json").read_text())
+    assert mae["world_size"] == 2
 
 
 def test_secret_never_written(workflow_run):

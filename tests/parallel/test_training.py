@@ -16,6 +16,11 @@ def _history(job):
     return [h["loss"] for h in json.loads(job.summary_path.read_text())["history"]]
 
 
+def _latest(job):
+    (folder,) = (job.run_dir / "checkpoints").iterdir()  # one run configuration
+    return ckpt.latest_checkpoint(folder)
+
+
 def _weights(path):
     model, meta = load_trained(path)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, meta
@@ -39,7 +44,7 @@ def test_kill_and_resume_is_exact_and_loads_at_other_world_sizes(tmp_path):
     run_local(workers.train, 2, straight)
     run_local(workers.train, 2, resumed, 5)  # SIGTERM on rank 0 after step 5
     assert not resumed.final_dir.exists()
-    assert ckpt.latest_checkpoint(resumed.run_dir / "checkpoints").name == "step_00000005"
+    assert _latest(resumed).name == "step_00000005"
     run_local(workers.train, 2, resumed)
     summary = json.loads(resumed.summary_path.read_text())
     assert summary["resumed_from_step"] == 5
@@ -65,7 +70,7 @@ def test_kill_and_resume_is_exact_and_loads_at_other_world_sizes(tmp_path):
 def test_resume_at_another_world_size(tmp_path):
     job4 = workers.train_job(tmp_path, "mesh", tp=2, fsdp=2, steps=6, tree=[2], grad_accum=2)
     run_local(workers.train, 4, job4, 3)
-    assert ckpt.latest_checkpoint(job4.run_dir / "checkpoints").name == "step_00000003"
+    assert _latest(job4).name == "step_00000003"
     job2 = workers.train_job(tmp_path, "mesh", tp=2, fsdp=1, steps=6, tree=[2], grad_accum=2)
     run_local(workers.train, 2, job2)
     summary = json.loads(job2.summary_path.read_text())

@@ -42,7 +42,7 @@ def _config(train=None, model=None, mae=None, forecast=FORECAST_TARGETS):
                              {"name": "a", "task": "mae", "arch": "dchag-C"}]}}, "duplicate names ['a']"),
     ({"train": {"variants": [{"name": "a", "task": "mae", "arch": "dchag-X"}]}}, "train.variants.0.arch"),
     ({"train": {"variants": [{"name": "m", "task": "mae", "arch": "dchag-L"}], "mesh": {"tp": 4}, "nproc": 4},
-      "mae": {"bands": 3}}, "tp 4 is larger than the 3 input channels"),
+      "mae": {"bands": 3, "source": "synthetic"}}, "tp 4 is larger than the 3 input channels"),
 ])
 def test_bad_training_config_is_rejected(kwargs, message):
     with pytest.raises(ConfigError) as err:
@@ -133,3 +133,16 @@ def test_schedule_and_latitude_weights():
     assert learning_rate(20, 1.0, 4, 20, 0.1) == pytest.approx(0.1)
     w = latitude_weights([-87.1875 + 5.625 * i for i in range(32)])
     assert w.mean().item() == pytest.approx(1.0) and w[16] > w[0]
+
+
+def test_resume_folder_ignores_the_mesh_but_not_the_run():
+    from pipeline_src.train.loop import TrainSettings, run_fingerprint
+
+    spec = ModelSpec(arch="dchag-L", task="mae", channels=6, image=(8, 8), patch=4, dim=8,
+                     depth=1, heads=2, agg_heads=2, partitions=2)
+    base = run_fingerprint(spec, TrainSettings(tp=2), {"store": "t.zarr"})
+    assert run_fingerprint(spec, TrainSettings(tp=2, fsdp=2, dp=1), {"store": "t.zarr"}) == base
+    assert run_fingerprint(spec, TrainSettings(tp=2, lr=0.5), {"store": "t.zarr"}) != base
+    assert run_fingerprint(spec, TrainSettings(tp=2), {"store": "u.zarr"}) != base
+    other = ModelSpec(**{**spec.to_dict(), "image": (8, 8), "tree": (), "channel_names": (), "dim": 16})
+    assert run_fingerprint(other, TrainSettings(tp=2), {"store": "t.zarr"}) != base

@@ -9,9 +9,11 @@ wildcard_constraints:
 
 
 def train_inputs(wildcards):
-    """Forecast variants read the assembled ERA5 splits; MAE variants use synthetic tiles."""
+    """Forecast variants read the assembled ERA5 splits; MAE variants the hyperspectral tiles."""
     if TRAIN_VARIANTS[wildcards.variant]["task"] == "forecast":
         return [f"{ASSEMBLED}/manifest.json"]
+    if CFG.data["mae"]["source"] == "hyperspectral":
+        return [f"{HS_OUT}/tiles/stats.json"]
     return []
 
 
@@ -55,4 +57,4 @@ rule train:
         # Resumable checkpoints live in {params.run_dir}/checkpoints, which is deliberately
         # not an output: Snakemake deletes outputs before a rerun, which would defeat resuming.
         "{params.launch} train --config {EFFECTIVE_CONFIG} --rule {rule} --variant {wildcards.variant} "
-        "--output-dir {params.run_dir} --assembled {ASSEMBLED} > {log} 2>&1"
+        "--output-dir {params.run_dir} --assembled {ASSEMBLED} --tiles {HS_OUT}/tiles > {log} 2>&1"
