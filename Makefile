@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv pipeline test test-fast bench bench-frontend dryrun-slurm clean
+.PHONY: venv pipeline test test-fast bench bench-frontend bench-hyperspectral dryrun-slurm clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m pipeline_src.cli bench era5 $(ARGS)
+
+bench-hyperspectral: $(STAMP)
+	$(VENV)/bin/python -m pipeline_src.cli bench hyperspectral $(ARGS)
 
 bench-frontend: $(STAMP)
 	$(VENV)/bin/python -m pipeline_src.cli bench frontend $(ARGS)

@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--config", default="config.yaml")
     br.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
     br.set_defaults(func=cmd_bench_era5)
+    bh = b.add_parser("hyperspectral", add_help=False, help="hyperspectral preprocessing cubes/s and MB/s per format")
+    bh.add_argument("rest", nargs=argparse.REMAINDER, help="options of pipeline_src.bench.hyperspectral")
+    bh.set_defaults(func=lambda args: __import__("pipeline_src.bench.hyperspectral", fromlist=["main"]).main(args.rest))
     bf = b.add_parser("frontend", add_help=False,
                       help="peak memory per rank and samples/s: tp-baseline vs dchag-L vs dchag-C")
     bf.add_argument("rest", nargs=argparse.REMAINDER, help="options of pipeline_src.bench.frontend")

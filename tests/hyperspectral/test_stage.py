@@ -104,3 +104,11 @@ def test_bad_images_are_refused_and_nothing_is_left(scenes, tmp_path):
         preprocess_image(paths["raw"], narrow, paths["dark"], _hs(), out, js)
     assert not out.exists() and not js.exists()
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_benchmark_smoke(capsys):
+    from pipeline_src.bench import hyperspectral
+
+    hyperspectral.main(["--cubes", "1", "--lines", "32", "--samples", "48", "--bands", "60"])
+    out = capsys.readouterr().out
+    assert "hdf5 bip" in out and "cubes/s" in out

@@ -33,6 +33,8 @@ rule hs_acquire:
         config_hash=CFG.section_hash("hyperspectral.synthetic"),
     log:
         f"{LOGS}/hyperspectral/acquire/{{image}}.log",
+    conda:
+        "../../envs/hyperspectral.yaml"
     shell:
         "{CLI} hyperspectral acquire --config {EFFECTIVE_CONFIG} --image {wildcards.image} "
         "--output-dir {HS_RAW} 2> {log}"
@@ -52,6 +54,8 @@ rule hs_preprocess:
         f"{LOGS}/hyperspectral/preprocess/{{image}}.log",
     resources:
         mem_mb=4000,
+    conda:
+        "../../envs/hyperspectral.yaml"
     shell:
         "{CLI} hyperspectral preprocess --config {EFFECTIVE_CONFIG} --rule {rule} --image {wildcards.image} "
         "--raw {input.raw} --white {input.white} --dark {input.dark} --output {output.data} "
@@ -73,6 +77,8 @@ rule hs_tiles:
         f"{LOGS}/hyperspectral/tiles.log",
     resources:
         mem_mb=8000,
+    conda:
+        "../../envs/hyperspectral.yaml"
     shell:
         "{CLI} hyperspectral tiles --config {EFFECTIVE_CONFIG} --rule {rule} --inputs {input.data} "
         "--summaries {input.summaries} --output-dir {params.out} --spectra {output.spectra} 2> {log}"
