@@ -168,6 +168,9 @@ def cmd_hs_tiles(args) -> None:
         run.log_metrics({"plant_pixels_train": stats["plant_pixels"],
                          "mean_plant_fraction": sum(s["plant_fraction"] for s in summaries.values())
                          / len(summaries)})
+        for band, (wl, mean, std) in enumerate(zip(stats["wavelengths"], stats["mean"], stats["std"])):
+            # one point per band (MLflow step = band index) so the UI plots the spectra
+            run.log_metrics({"band_mean": mean, "band_std": std, "band_wavelength_nm": wl}, step=band)
         run.log_artifact(Path(args.output_dir) / "stats.json", "data")
         run.log_artifact(args.spectra, "plots")
     log.info("tiles per split: %s", stats["tiles"])

@@ -147,6 +147,7 @@ def test_hyperspectral_outputs_and_tracking(workflow_run):
         {f"previews/{pre[0].data.params['image']}.png"}
     tiles = next(r for r in runs if r.data.tags.get("rule") == "hs_tiles")
     assert tiles.data.metrics["tiles_train"] == 6
+    assert len(client.get_metric_history(tiles.info.run_id, "band_mean")) == len(stats["wavelengths"])
     mae = json.loads((wd / "results/train/mae-dchag-L/summary.json").read_text())
     assert mae["world_size"] == 2
 
