@@ -78,27 +78,30 @@ def check_wavelengths(path, wavelengths, bands: int) -> np.ndarray:
     return wl
 
 
-def _memmap_reader(path: Path, shape_lsb: tuple[int, int, int], interleave: str, dtype: np.dtype,
-                   offset: int = 0):
+def _check_size(path: Path, shape_lsb: tuple[int, int, int], dtype: np.dtype, offset: int) -> None:
     lines, samples, bands = shape_lsb
-    size = {"line": lines, "sample": samples, "band": bands}
-    disk_shape = tuple(size[a] for a in _ORDER[interleave])
-    expected = offset + int(np.prod(disk_shape)) * dtype.itemsize
+    expected = offset + lines * samples * bands * dtype.itemsize
     actual = path.stat().st_size
     if actual != expected:
         raise InputError(path, f"raw data has {actual} bytes, the header implies {expected} "
                                f"({lines} lines x {samples} samples x {bands} bands x "
                                f"{dtype.itemsize} bytes{f' + {offset} offset' if offset else ''})"
                                f"{': truncated?' if actual < expected else ''}")
+
+
+def _memmap_reader(path: Path, shape_lsb: tuple[int, int, int], interleave: str, dtype: np.dtype,
+                   offset: int = 0):
+    _check_size(path, shape_lsb, dtype, offset)
+    size = dict(zip(("line", "sample", "band"), shape_lsb))
+    disk_shape = tuple(size[a] for a in _ORDER[interleave])
     mm = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=disk_shape)
     perm = [_ORDER[interleave].index(a) for a in ("line", "sample", "band")]
+    line_axis = _ORDER[interleave].index("line")
 
     def read(start, stop):
-        if interleave == "bsq":
-            block = mm[:, start:stop, :]
-        else:
-            block = mm[start:stop]
-        return np.transpose(block, perm) if interleave != "bsq" else np.transpose(block, (1, 2, 0))
+        sel = [slice(None)] * 3
+        sel[line_axis] = slice(start, stop)
+        return np.transpose(mm[tuple(sel)], perm)
 
     return read, (lambda: mm._mmap.close() if mm._mmap is not None else None)
 
@@ -125,16 +128,13 @@ def _open_envi(header: Path, data: Path) -> Cube:
     dtype = np.dtype(order + codes[code])
     wl = check_wavelengths(header, meta.get("wavelength"), bands)
     offset = int(meta.get("header offset", 0))
-    # SPy validates the header/data pairing and is what users will reach for interactively;
-    # its memmap is used when it agrees with ours, ours otherwise (same bytes, same layout).
-    read, close = _memmap_reader(data, (lines, samples, bands), interleave, dtype, offset)
+    _check_size(data, (lines, samples, bands), dtype, offset)  # SPy would not say "truncated"
     try:
-        img = envi.open(str(header), str(data))
-        spy = img.open_memmap(interleave="bip")  # (lines, samples, bands) view
-        read = lambda a, b: spy[a:b]  # noqa: E731
-    except Exception:  # older SPy without memmap support for this layout: keep ours
-        pass
-    return Cube(data, lines, samples, bands, wl, interleave, dtype, "envi", read, close)
+        spy = envi.open(str(header), str(data)).open_memmap(interleave="bip")  # (lines, samples, bands)
+    except Exception as err:  # SPy raises its own error types
+        raise InputError(data, f"SPy cannot map the cube ({type(err).__name__}: {err})") from None
+    close = lambda: spy._mmap.close() if getattr(spy, "_mmap", None) is not None else None  # noqa: E731
+    return Cube(data, lines, samples, bands, wl, interleave, dtype, "envi", lambda a, b: spy[a:b], close)
 
 
 _CAMERA_KEY = re.compile(r"^\s*([A-Z_]+)\s*[=:]?\s*(.*?)\s*$")

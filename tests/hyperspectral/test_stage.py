@@ -107,9 +107,10 @@ def test_bad_images_are_refused_and_nothing_is_left(scenes, tmp_path):
 
 
 def test_benchmark_smoke(capsys):
-    from pipeline_src.bench import hyperspectral
+    from pipeline_src.cli import main
 
-    hyperspectral.main(["--cubes", "1", "--lines", "32", "--samples", "48", "--bands", "60"])
+    assert main(["bench", "hyperspectral", "--cubes", "1", "--lines", "32", "--samples", "48",
+                 "--bands", "60"]) == 0
     out = capsys.readouterr().out
     assert "hdf5 bip" in out and "cubes/s" in out
 
