@@ -147,13 +147,14 @@ def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path) -> dict:
         elif w.shape != wl.shape or not np.allclose(w, wl, atol=0.01):
             raise InputError(images[name], "wavelengths differ from the other images: set "
                                            "hyperspectral.bands.grid_nm to resample to a common grid")
+    masks_by_image = {name: g["mask"][:].astype(bool) for name, g in groups.items()}
     total = np.zeros(wl.size)
     total_sq = np.zeros(wl.size)
     count = 0
     for name, g in groups.items():
         if splits[name] != "train":
             continue
-        refl, mask = g["reflectance"], g["mask"][:].astype(bool)
+        refl, mask = g["reflectance"], masks_by_image[name]
         for s in range(0, refl.shape[0], hs["block_lines"]):
             blk = refl[s:s + hs["block_lines"]][mask[s:s + hs["block_lines"]]].astype(np.float64)
             total += blk.sum(0)
@@ -167,30 +168,35 @@ def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path) -> dict:
     mask_background = hs["tiles"]["mask_background"]
     counts = {}
     for split in SPLITS:
-        picks = []
-        for name in sorted(n for n, s in splits.items() if s == split):
-            mask = groups[name]["mask"][:].astype(bool)
-            for (y, x) in _tile_origins(mask.shape, size):
-                if mask[y:y + size[0], x:x + size[1]].mean() >= min_plant:
-                    picks.append((name, y, x))
-        counts[split] = len(picks)
+        names = sorted(n for n, s in splits.items() if s == split)
+        picks = {name: [(y, x) for (y, x) in _tile_origins(masks_by_image[name].shape, size)
+                        if masks_by_image[name][y:y + size[0], x:x + size[1]].mean() >= min_plant]
+                 for name in names}
+        counts[split] = n_tiles = sum(len(v) for v in picks.values())
         with atomic_path(out_dir / f"{split}.zarr") as tmp:
             root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-            tiles = root.create_array("tiles", shape=(len(picks), wl.size, *size),
+            tiles = root.create_array("tiles", shape=(n_tiles, wl.size, *size),
                                       chunks=(1, wl.size, *size), dtype="float32",
                                       dimension_names=["tile", "band", "y", "x"])
-            masks = root.create_array("mask", shape=(len(picks), *size), chunks=(max(1, len(picks)), *size),
+            masks = root.create_array("mask", shape=(n_tiles, *size), chunks=(max(1, n_tiles), *size),
                                       dtype="uint8", dimension_names=["tile", "y", "x"])
-            for i, (name, y, x) in enumerate(picks):
-                cut = groups[name]["reflectance"][y:y + size[0], x:x + size[1]]
-                keep = groups[name]["mask"][y:y + size[0], x:x + size[1]]
-                norm = (cut - mean) / std
-                if mask_background:  # statistics are of plant pixels: background would be far outliers
-                    norm[keep == 0] = 0.0
-                tiles[i] = norm.transpose(2, 0, 1).astype(np.float32)
-                masks[i] = keep
+            i, order = 0, []
+            for name in names:
+                mask = masks_by_image[name]
+                rows_read = None, None
+                for (y, x) in picks[name]:
+                    if rows_read[0] != y:  # one read per row of tiles, not per tile
+                        rows_read = y, groups[name]["reflectance"][y:y + size[0]]
+                    keep = mask[y:y + size[0], x:x + size[1]]
+                    norm = (rows_read[1][:, x:x + size[1]] - mean) / std
+                    if mask_background:  # statistics are of plant pixels: background would be far outliers
+                        norm[~keep] = 0.0
+                    tiles[i] = norm.transpose(2, 0, 1).astype(np.float32)
+                    masks[i] = keep
+                    order.append((name, y, x))
+                    i += 1
             root.create_array("wavelength", data=wl, dimension_names=["band"])
-            root.attrs.update({"images": [p[0] for p in picks], "origins": [[p[1], p[2]] for p in picks],
+            root.attrs.update({"images": [p[0] for p in order], "origins": [[p[1], p[2]] for p in order],
                                "split": split})
     stats = {"wavelengths": wl.tolist(), "mean": mean.tolist(), "std": std.tolist(),
              "plant_pixels": int(count), "splits": splits, "tiles": counts, "tile_size": list(size),

@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_s
                                                      set_model_state_dict, set_state_dict)
 
 from ..io import InputError
+from .mesh import is_main
 
 META = "meta.json"
 STEP_PREFIX = "step_"
@@ -27,10 +28,6 @@ STEP_PREFIX = "step_"
 
 class CheckpointError(InputError):
     """A checkpoint that is missing, incomplete or from another architecture."""
-
-
-def _rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def _barrier() -> None:
@@ -42,7 +39,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, meta: di
     """Write model (and optimizer) state to `path` via a temporary sibling; collective over all ranks."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
-    if _rank0():
+    if is_main():
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
@@ -53,7 +50,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, meta: di
         state = {"model": get_model_state_dict(model)}
     dcp.save(state, checkpoint_id=str(tmp))
     _barrier()
-    if _rank0():
+    if is_main():
         (tmp / META).write_text(json.dumps({**(meta or {}), "has_optimizer": optimizer is not None},
                                            indent=2, sort_keys=True))
         if path.exists():
@@ -120,7 +117,7 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 def prune_checkpoints(root: str | Path, keep: int) -> None:
     """Remove all but the newest `keep` step checkpoints (rank 0 only)."""
-    if not _rank0():
+    if not is_main():
         return
     done = sorted(Path(root).glob(f"{STEP_PREFIX}*"))
     for old in done[:-keep] if keep > 0 else []:

@@ -59,6 +59,11 @@ def launch_env(environ: Mapping[str, str] | None = None) -> LaunchEnv:
     return LaunchEnv(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 29500)), "single")
 
 
+def is_main() -> bool:
+    """True on global rank 0 of the process group (or when not distributed)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def pick_device(local_rank: int) -> torch.device:
     """cuda:<local rank modulo visible GPUs> when GPUs are visible (ROCm included), else cpu."""
     if torch.cuda.is_available():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -120,7 +119,3 @@ def data_parallel_rank(mesh: DeviceMesh) -> tuple[int, int]:
     dp, fsdp = mesh["dp"], mesh["fsdp"]
     return dp.get_local_rank() * fsdp.size() + fsdp.get_local_rank(), dp.size() * fsdp.size()
 
-
-def is_main() -> bool:
-    """True on global rank 0 (or when not distributed)."""
-    return not dist.is_initialized() or dist.get_rank() == 0

@@ -105,6 +105,19 @@ class ERA5Forecast:
         self.ds.close()
 
 
+def mae_batch(tile, n_tiles: int, image: tuple[int, int], seed: int, step: int, micro: int,
+              global_batch: int, rows: slice, mask_ratio: float, patch: int) -> Batch:
+    """This rank's rows of a global MAE micro-batch: tiles tile(i) for drawn ids, with the shared mask."""
+    from ..model.arch import random_mask
+
+    g = step_generator(seed, step, micro)
+    ids = torch.randint(0, n_tiles, (global_batch,), generator=g)
+    num_patches = (image[0] // patch) * (image[1] // patch)
+    mask = random_mask(global_batch, num_patches, mask_ratio, g)
+    x = torch.stack([tile(int(i)) for i in ids[rows]])
+    return Batch(x, mask=mask[rows])
+
+
 class SpectralTiles:
     """Normalised hyperspectral tiles (band, y, x) from the hyperspectral stage's split Zarr."""
 
@@ -123,18 +136,15 @@ class SpectralTiles:
         self.bands = int(self.tiles.shape[1])
         self.image = (int(self.tiles.shape[2]), int(self.tiles.shape[3]))
 
+    def tile(self, index: int) -> torch.Tensor:
+        """Tile number `index`, (bands, H, W)."""
+        return torch.from_numpy(np.asarray(self.tiles[index], dtype=np.float32))
+
     def batch(self, seed: int, step: int, micro: int, global_batch: int, rows: slice,
               mask_ratio: float, patch: int) -> Batch:
         """This rank's rows of the global micro-batch, with the (shared) MAE mask."""
-        from ..model.arch import random_mask
-
-        g = step_generator(seed, step, micro)
-        ids = torch.randint(0, self.tiles.shape[0], (global_batch,), generator=g)
-        num_patches = (self.image[0] // patch) * (self.image[1] // patch)
-        mask = random_mask(global_batch, num_patches, mask_ratio, g)
-        x = torch.stack([torch.from_numpy(np.asarray(self.tiles[int(i)], dtype=np.float32))
-                         for i in ids[rows]])
-        return Batch(x, mask=mask[rows])
+        return mae_batch(self.tile, self.tiles.shape[0], self.image, seed, step, micro, global_batch,
+                         rows, mask_ratio, patch)
 
 
 class SyntheticSpectralTiles:
@@ -175,11 +185,5 @@ class SyntheticSpectralTiles:
     def batch(self, seed: int, step: int, micro: int, global_batch: int, rows: slice,
               mask_ratio: float, patch: int) -> Batch:
         """This rank's rows of the global micro-batch, with the (shared) MAE mask."""
-        from ..model.arch import random_mask
-
-        g = step_generator(seed, step, micro)
-        ids = torch.randint(0, 2**31 - 1, (global_batch,), generator=g)
-        num_patches = (self.image[0] // patch) * (self.image[1] // patch)
-        mask = random_mask(global_batch, num_patches, mask_ratio, g)
-        x = torch.stack([self.tile(int(i)) for i in ids[rows]])
-        return Batch(x, mask=mask[rows])
+        return mae_batch(self.tile, 2**31 - 1, self.image, seed, step, micro, global_batch,
+                         rows, mask_ratio, patch)

@@ -26,9 +26,9 @@ from ..model.build import ModelSpec, build_model
 from ..model.vit import num_params
 from ..parallel import checkpoint as ckpt
 from ..parallel.grads import clip_grad_norm
-from ..parallel.mesh import (build_mesh, init_distributed, launch_env, pick_device,
+from ..parallel.mesh import (build_mesh, init_distributed, is_main, launch_env, pick_device,
                              resolve_mesh)
-from ..parallel.plans import data_parallel_rank, is_main, parallelize
+from ..parallel.plans import data_parallel_rank, parallelize
 from .data import ERA5Forecast, SpectralTiles, SyntheticSpectralTiles
 from .losses import forecast_loss, latitude_weights, mae_loss
 from .schedule import learning_rate

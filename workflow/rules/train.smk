@@ -19,7 +19,7 @@ def train_inputs(wildcards):
 
 def train_launcher(wildcards, resources):
     """srun (from resources.mpi) under Slurm profiles, else torchrun with train.nproc ranks."""
-    mpi = resources.get("mpi", "") if hasattr(resources, "get") else ""
+    mpi = resources.get("mpi", "")
     choice = TRAIN["launcher"]
     if choice == "srun" or (choice == "auto" and mpi):
         return f"{mpi or 'srun'} --kill-on-bad-exit=1 {PYTHON} -m pipeline_src.cli"
