@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/era5.smk"
 include: "workflow/rules/hyperspectral.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
@@ -22,4 +23,5 @@ rule all:
         rules.era5_all.input,
         rules.hs_all.input,
         rules.train_all.input,
+        rules.evaluate_all.input,
     default_target: True

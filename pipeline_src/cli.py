@@ -1,4 +1,5 @@
-"""One entry point, one subcommand per stage: `dchag era5 acquire|regrid|assemble`, `dchag config`."""
+"""One entry point, one subcommand per stage: `dchag era5 ...`, `dchag hyperspectral ...`, `dchag train`,
+`dchag evaluate variant|baselines|scorecard`, `dchag config`, `dchag bench ...`."""
 
 from __future__ import annotations
 
@@ -197,6 +198,39 @@ def cmd_train(args) -> None:
         log.info("%s: %d steps, final loss %.4g", job.name, summary["steps"], summary["final_loss"])
 
 
+def cmd_evaluate(args) -> None:
+    """Evaluate one trained variant on this rank (run under torchrun or srun; rank 0 writes)."""
+    from .evaluate.stage import evaluate_forecaster, evaluate_mae
+
+    cfg = config_mod.load(args.config)
+    variant = cfg.variant(args.variant)
+    try:
+        if variant["task"] == "forecast":
+            evaluate_forecaster(cfg, args.variant, args.checkpoint, args.assembled, args.output_dir, args.rule)
+        else:
+            evaluate_mae(cfg, args.variant, args.checkpoint, args.tiles, args.output_dir, args.rule)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def cmd_evaluate_baselines(args) -> None:
+    """Score climatology and persistence on the evaluation's initialisation times."""
+    from .evaluate.stage import evaluate_baselines
+
+    evaluate_baselines(config_mod.load(args.config), args.assembled, args.output_dir, args.rule)
+
+
+def cmd_scorecard(args) -> None:
+    """Merge every evaluated system into the scorecard (Markdown, CSV, plots)."""
+    from .evaluate.stage import make_scorecard
+
+    out = make_scorecard(config_mod.load(args.config), args.evaluation, args.train, args.output_dir, args.rule)
+    log.info("scorecard of %d systems, %d difference rows", len(out["systems"]), out["differences"])
+
+
 def cmd_bench_era5(args) -> None:
     """Print regridding throughput per importable backend and the ERA5 stage wall times."""
     from .bench.era5 import main as bench_main
@@ -263,6 +297,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tiles", default=None, help="hyperspectral tiles folder (MAE variants)")
     t.add_argument("--rule", default=None)
     t.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="evaluation stage").add_subparsers(dest="stage", required=True)
+    e = ev.add_parser("variant", help="evaluate one trained variant (launch with torchrun or srun)")
+    e.add_argument("--variant", required=True, help="a name from train.variants")
+    e.add_argument("--checkpoint", required=True, help="the variant's final checkpoint folder")
+    e.add_argument("--assembled", default=None, help="assembled ERA5 folder (forecast variants)")
+    e.add_argument("--tiles", default=None, help="hyperspectral tiles folder (MAE variants)")
+    e.add_argument("--output-dir", required=True)
+    e.set_defaults(func=cmd_evaluate)
+    e = ev.add_parser("baselines", help="climatology and persistence on the same initialisation times")
+    e.add_argument("--assembled", required=True)
+    e.add_argument("--output-dir", required=True, help="folder that gets climatology/ and persistence/")
+    e.set_defaults(func=cmd_evaluate_baselines)
+    e = ev.add_parser("scorecard", help="every variant and both baselines side by side")
+    e.add_argument("--evaluation", required=True, help="folder of the per-system evaluations")
+    e.add_argument("--train", required=True, help="training folder (summaries for loss curves)")
+    e.add_argument("--output-dir", required=True)
+    e.set_defaults(func=cmd_scorecard)
+    for e in ev.choices.values():
+        e.add_argument("--config", default="config.yaml")
+        e.add_argument("--rule", default=None)
 
     b = sub.add_parser("bench", help="benchmarks (print measured ratios)").add_subparsers(dest="what", required=True)
     br = b.add_parser("era5", help="regrid throughput per backend and ERA5 stage wall times")

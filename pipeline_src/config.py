@@ -17,6 +17,7 @@ from .io import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 SPLITS = ("train", "val", "test")
+RESERVED_NAMES = ("climatology", "persistence", "scorecard_plots")
 
 
 def _with_defaults(validator_class):
@@ -86,6 +87,10 @@ def _check_training(cfg: dict, source: str) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(source, f"train.variants: duplicate names {dupes}")
+    reserved = sorted(set(names) & set(RESERVED_NAMES))
+    if reserved:
+        raise ConfigError(source, f"train.variants: {reserved} name evaluation outputs of the baselines; "
+                                  f"choose other variant names")
     channel_names = [c.name for c in resolve_channels(cfg["era5"]["channels"])]
     unknown = [t for t in cfg["forecast"]["targets"] if t not in channel_names]
     if unknown and any(v["task"] == "forecast" for v in train["variants"]):
@@ -96,6 +101,11 @@ def _check_training(cfg: dict, source: str) -> None:
     if train["nproc"] % per_job or (dp != "auto" and train["nproc"] != per_job):
         raise ConfigError(source, f"train.nproc {train['nproc']} is not a product of the mesh "
                                   f"(dp {dp} x fsdp {fsdp} x tp {tp})")
+    ev = cfg["evaluate"]
+    ev_mesh, ev_nproc = ev["mesh"] or mesh, ev["nproc"] or train["nproc"]
+    ev_per_job = ev_mesh["tp"] * ev_mesh.get("fsdp", 1) * (1 if ev_mesh.get("dp", "auto") == "auto" else ev_mesh["dp"])
+    if ev_nproc % ev_per_job or (ev_mesh.get("dp", "auto") != "auto" and ev_nproc != ev_per_job):
+        raise ConfigError(source, f"evaluate.nproc {ev_nproc} is not a product of the evaluation mesh {ev_mesh}")
     for v in train["variants"]:
         m = variant_model(cfg, v)
         where = f"train.variants[{v['name']}]"
@@ -176,10 +186,10 @@ class Config:
         return self.data["mlflow"]
 
     def variant(self, name: str) -> dict:
-        """One entry of train.variants by name, with its merged model settings under 'model'."""
+        """One entry of train.variants by name: merged model settings under 'model', its overrides of train under 'train'."""
         for v in self.data["train"]["variants"]:
             if v["name"] == name:
-                return {**v, "model": variant_model(self.data, v)}
+                return {**v, "model": variant_model(self.data, v), "train": dict(v.get("train", {}))}
         raise ConfigError("train.variants", f"no variant named {name!r}")
 
     @property

@@ -53,6 +53,26 @@ def raw_files(tmp_path_factory):
     return files
 
 
+@pytest.fixture(scope="session")
+def assembled_era5(tmp_path_factory, raw_files):
+    """The SMALL config regridded and assembled once per session: (cfg, folder, metrics, regridded files)."""
+    import dask
+
+    from pipeline_src.era5.assemble import assemble
+    from pipeline_src.era5.regrid import regrid_file
+
+    cfg = small_config()
+    tmp = tmp_path_factory.mktemp("asm")
+    regridded = {}
+    with dask.config.set(scheduler="synchronous"):  # see tests/era5/conftest.py
+        for key, raw in raw_files.items():
+            regridded[key] = tmp / "regridded" / key[0] / f"{key[1]}.nc"
+            regrid_file(cfg, key[0], key[1], raw, regridded[key])
+        out = tmp / "assembled"
+        metrics = assemble(cfg, regridded, out)
+    return cfg, out, metrics, regridded
+
+
 def load_nc(path):
     """Read a NetCDF file fully and close it (open handles left to the garbage collector
     can be finalised in the middle of another HDF5 call, which crashes HDF5)."""

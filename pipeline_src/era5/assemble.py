@@ -3,7 +3,9 @@
 Outputs (one folder):
   {train,val,test}.zarr  variable `fields` (time, channel, latitude, longitude) float32,
                          one time step per chunk (random access by time), sharded
-  normalization.json     per-channel mean/std over the training years only
+  normalization.json     per-channel mean/std over the training years only, and the RMS of
+                         the departures from the climatology (anomaly_std; forecasters in
+                         anomaly space divide by it); static_channels lists the time-invariant
   climatology.zarr       `climatology` (dayofyear 1..366, hour, channel, latitude, longitude):
                          training-years mean per day of year and hour, smoothed over a
                          circular window of `climatology_window_days`
@@ -22,7 +24,7 @@ from tqdm import tqdm
 
 from ..config import SPLITS, Config
 from ..io import InputError, atomic_path, tree_size, write_json
-from .channels import G, Channel
+from .channels import G, Channel, channel_units
 
 
 def _open_regridded(path: Path, shard: int) -> xr.Dataset:
@@ -92,7 +94,7 @@ class ClimatologyAccumulator:
 
     def update(self, times: pd.DatetimeIndex, block: np.ndarray) -> None:
         """Add a (time, channel, lat, lon) block with its timestamps."""
-        doy = np.asarray(times.dayofyear) - 1
+        doy = np.asarray(times.day_of_year) - 1
         hour = np.array([self.hours.index(h) for h in times.hour])
         keys = doy * len(self.hours) + hour
         if np.unique(keys).size == keys.size:  # the usual case: a block shorter than a year
@@ -171,17 +173,21 @@ def assemble(cfg: Config, regridded: dict[tuple[str, str], Path], out_dir: str |
     for ds in opened:  # close explicitly: HDF5 handles finalised by the GC can crash HDF5
         ds.close()
     stats, clim = _train_statistics(out_dir / "train.zarr", channels, era5["hours"], shard)
+    clim_fields = clim.result(acfg["climatology_window_days"])
+    anomaly_rms = _anomaly_rms(out_dir / "train.zarr", clim_fields, era5["hours"], shard)
     write_json(out_dir / "normalization.json", {
         "channels": [c.name for c in channels],
         "mean": stats.mean.tolist(),
         "std": stats.std.tolist(),
+        "anomaly_std": anomaly_rms.tolist(),
+        "static_channels": [c.name for c in channels if c.group == "static"],
         "years": sorted(era5["years"]["train"]),
         "n_values_per_channel": int(stats.n),
-        "note": "population mean/std over time, latitude and longitude of the training years (unweighted)",
+        "note": "population mean/std over time, latitude and longitude of the training years (unweighted); "
+                "anomaly_std: root mean square of the departures from climatology.zarr over the same values",
     })
     clim_ds = xr.Dataset(
-        {"climatology": (("dayofyear", "hour", "channel", "latitude", "longitude"),
-                         clim.result(acfg["climatology_window_days"]))},
+        {"climatology": (("dayofyear", "hour", "channel", "latitude", "longitude"), clim_fields)},
         coords={"dayofyear": np.arange(1, 367), "hour": era5["hours"], "channel": _names(channels),
                 "latitude": fields.latitude.values,
                 "longitude": fields.longitude.values},
@@ -197,6 +203,7 @@ def assemble(cfg: Config, regridded: dict[tuple[str, str], Path], out_dir: str |
         "regrid_backend": sorted(backends),
         "regrid_method": era5["regrid"]["method"],
         "channels": [c.name for c in channels],
+        "units": {c.name: channel_units(c) for c in channels},
         "hours": era5["hours"],
         "grid": {"n_lat": 32, "n_lon": 64, "deg": 5.625},
         "splits": splits_meta,
@@ -208,6 +215,22 @@ def assemble(cfg: Config, regridded: dict[tuple[str, str], Path], out_dir: str |
     n_fields = sum(m["n_times"] for m in splits_meta.values()) * len(channels)
     return {"seconds": seconds, "fields": n_fields, "fields_per_s": n_fields / max(seconds, 1e-9),
             "bytes_written": tree_size(out_dir), "n_channels": len(channels)}
+
+
+def _anomaly_rms(train: Path, clim_fields: np.ndarray, hours, shard) -> np.ndarray:
+    """Per-channel root mean square of (training field - its day-of-year x hour climatology)."""
+    ds = xr.open_zarr(train, consolidated=False, chunks=None)
+    fields = ds["fields"]
+    times = pd.DatetimeIndex(ds.time.values)
+    sums, n = np.zeros(fields.shape[1]), 0
+    for lo in range(0, fields.sizes["time"], shard):
+        t = times[lo:lo + shard]
+        hour = np.array([list(hours).index(h) for h in t.hour])
+        anomaly = fields.isel(time=slice(lo, lo + shard)).values - clim_fields[np.asarray(t.day_of_year) - 1, hour]
+        sums += (anomaly.astype(np.float64) ** 2).sum(axis=(0, 2, 3))
+        n += anomaly.shape[0] * anomaly.shape[2] * anomaly.shape[3]
+    ds.close()
+    return np.sqrt(sums / n)
 
 
 def _train_statistics(train: Path, channels, hours, shard):

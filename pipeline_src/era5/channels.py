@@ -32,6 +32,10 @@ STATIC_VARS = {"lsm": "land_sea_mask", "z": "geopotential"}
 STATIC_CHANNELS = {"lsm": "lsm", "orography": "z"}
 ARCO_STATIC_NAMES = {"lsm": "land_sea_mask", "z": "geopotential_at_surface"}
 
+# physical units of each raw variable as assembled (orography is z / G in metres)
+UNITS = {"z": "m2 s-2", "t": "K", "u": "m s-1", "v": "m s-1", "q": "kg kg-1", "t2m": "K",
+         "u10": "m s-1", "v10": "m s-1", "lsm": "1"}
+
 GROUP_VARS = {"pressure": PRESSURE_VARS, "single": SINGLE_VARS, "static": STATIC_VARS}
 CDS_DATASETS = {
     "pressure": "reanalysis-era5-pressure-levels",
@@ -58,6 +62,11 @@ class Channel:
     group: str  # pressure | single | static
     var: str  # short name in the raw file
     level: int | None = None
+
+
+def channel_units(ch: "Channel") -> str:
+    """Physical units of an assembled channel."""
+    return "m" if ch.name == "orography" else UNITS[ch.var]
 
 
 def parse_channel(name: str) -> Channel:

@@ -1,11 +1,18 @@
 """A seeded synthetic ERA5: learnable structure, written in the real CDS NetCDF layout.
 
 Structure a forecaster can learn but not trivially: a seasonal cycle of opposite sign in
-the two hemispheres, meridional gradients and mid-latitude jets, eastward-propagating
-planetary waves whose complex amplitudes drift as AR(1) processes (so skill decays with
-lead time), vertical coherence (the same waves at every level, stronger and tilted
-aloft), winds in balance with the geopotential waves, humidity following temperature,
-land-sea contrast in 2 m temperature, and white noise.
+the two hemispheres, meridional gradients and mid-latitude jets, vertical coherence (the
+same waves at every level, stronger and tilted aloft), winds in balance with the
+geopotential waves, humidity following temperature, land-sea contrast in 2 m
+temperature, and white noise.
+
+The anomalies have the lead-time predictability of the real atmosphere: two families of
+waves whose complex amplitudes are AR(1) processes. Synoptic waves (wavenumbers 4-8)
+travel east and forget their state within a few days (e-folding 2-4 days); a
+low-frequency part (a zonal-mean "annular" mode and quasi-stationary wavenumbers 1-3,
+e-folding 11-19 days) carries most of the z500 variance and the predictability at one
+to several weeks. On the embedded default's test year the persistence anomaly
+correlation of z500 is about 0.45 at 7 days, 0.3 at 14 and 0.1 at 30.
 """
 
 from __future__ import annotations
@@ -22,7 +29,13 @@ from .netcdf import write_era5_netcdf
 
 EPOCH = pd.Timestamp("1940-01-01")
 LAST = pd.Timestamp("2101-01-01")
-WAVENUMBERS = np.array([2, 3, 4, 5, 6, 7])
+LOW_FREQUENCY_K = np.array([0, 1, 2, 3])  # annular mode and quasi-stationary planetary waves
+SYNOPTIC_K = np.array([4, 5, 6, 7, 8])  # eastward-travelling synoptic waves
+WAVENUMBERS = np.concatenate([LOW_FREQUENCY_K, SYNOPTIC_K])
+LOW_TAU_DAYS = (11.0, 19.0)  # e-folding time of the low-frequency amplitudes
+SYNOPTIC_TAU_DAYS = (2.0, 4.0)
+LOW_AMPLITUDE = 0.6  # amplitude scale of each low-frequency wave
+SYNOPTIC_AMPLITUDE = 0.8  # times 1/sqrt(k)
 CHUNK_STEPS = 32  # fixed, so that the noise does not depend on how the file is written
 GROUP_ID = {"pressure": 1, "single": 2, "static": 3}
 NOISE = {"z": G * 6.0, "t": 0.6, "u": 1.2, "v": 1.2, "q": 0.05, "t2m": 0.8, "u10": 0.9, "v10": 0.9}
@@ -48,11 +61,16 @@ class SyntheticERA5:
         self.phi = np.deg2rad(self.lat)[:, None]
         self.lam = np.deg2rad(self.lon)[None, :]
         rng = np.random.default_rng([seed, 0])
-        k = WAVENUMBERS.size
-        self.omega = WAVENUMBERS * rng.uniform(0.08, 0.15, k)  # rad/day: eastward phase speed
-        self.theta = rng.uniform(0, 2 * np.pi, (k, 2))
-        self.tau = rng.uniform(5.0, 12.0, (k, 2))  # amplitude memory in days
-        self.amp_scale = 1.0 / np.sqrt(WAVENUMBERS)[:, None]
+        n_low, n_syn = LOW_FREQUENCY_K.size, SYNOPTIC_K.size
+        # rad/day: synoptic waves travel east; low-frequency ones drift slowly either way
+        self.omega = np.concatenate([LOW_FREQUENCY_K * rng.uniform(-0.01, 0.01, n_low),
+                                     SYNOPTIC_K * rng.uniform(0.08, 0.15, n_syn)])
+        self.theta = rng.uniform(0, 2 * np.pi, (WAVENUMBERS.size, 2))
+        self.tau = np.concatenate([rng.uniform(*LOW_TAU_DAYS, (n_low, 2)),
+                                   rng.uniform(*SYNOPTIC_TAU_DAYS, (n_syn, 2))])  # memory in days
+        # the annular mode (k = 0) only shows the real part of its amplitude: sqrt(2) restores its variance
+        low = np.where(LOW_FREQUENCY_K == 0, np.sqrt(2.0), 1.0) * LOW_AMPLITUDE
+        self.amp_scale = np.concatenate([low, SYNOPTIC_AMPLITUDE / np.sqrt(SYNOPTIC_K)])[:, None]
 
     @cached_property
     def _amplitudes(self) -> np.ndarray:
@@ -116,7 +134,7 @@ class SyntheticERA5:
     def level_fields(self, times: pd.DatetimeIndex, p: float) -> dict[str, np.ndarray]:
         """Noise-free z, t, u, v, q at pressure p (hPa), each (time, lat, lon)."""
         big_p = p / 1000.0
-        doy = np.asarray((times - times.normalize()) / pd.Timedelta(days=1)) + np.asarray(times.dayofyear) - 1
+        doy = np.asarray((times - times.normalize()) / pd.Timedelta(days=1)) + np.asarray(times.day_of_year) - 1
         season = np.cos(2 * np.pi * (doy - 15) / 365.25)[:, None, None]
         s, c = np.sin(self.phi), np.cos(self.phi)
         amp = 0.6 + 0.8 * (1 - big_p)
@@ -150,7 +168,7 @@ class SyntheticERA5:
     def single_chunk(self, times, variables, rng) -> dict[str, np.ndarray]:
         """(time, lat, lon) arrays of t2m, u10, v10."""
         base = self.level_fields(times, 1000.0)
-        doy = np.asarray(times.dayofyear)
+        doy = np.asarray(times.day_of_year)
         season = np.cos(2 * np.pi * (doy - 15) / 365.25)[:, None, None]
         lsm, orog = self.static["lsm"], self.static["z"] / G
         fields = {

@@ -26,14 +26,13 @@ def job_from_config(cfg: Config, variant: str, out_dir: str | Path, assembled: s
     """The TrainJob for one configured variant, writing under out_dir."""
     v = cfg.variant(variant)
     t = cfg.data["train"]
-    settings = TrainSettings(**{k: t[k] for k in SETTING_KEYS}, tp=t["mesh"]["tp"],
+    settings = TrainSettings(**{k: v["train"].get(k, t[k]) for k in SETTING_KEYS}, tp=t["mesh"]["tp"],
                              fsdp=t["mesh"]["fsdp"], dp=t["mesh"]["dp"])
     if v["task"] == "forecast":
         if assembled is None:
             raise ValueError("a forecast variant needs the assembled ERA5 directory")
         assembled = Path(assembled)
-        data = {"store": str(assembled / "train.zarr"),
-                "normalization": str(assembled / "normalization.json"),
+        data = {"assembled": str(assembled), "space": cfg.data["forecast"]["space"],
                 "targets": list(cfg.data["forecast"]["targets"]),
                 "lead_days": list(cfg.data["forecast"]["lead_days"]),
                 "version": data_version(assembled / "manifest.json", assembled / "normalization.json")}

@@ -29,7 +29,8 @@ from ..parallel.grads import clip_grad_norm
 from ..parallel.mesh import (build_mesh, init_distributed, is_main, launch_env, pick_device,
                              resolve_mesh)
 from ..parallel.plans import data_parallel_rank, parallelize
-from .data import ERA5Forecast, SpectralTiles, SyntheticSpectralTiles
+from ..datasets.era5 import ERA5Forecast
+from ..datasets.spectral import SpectralTiles, SyntheticSpectralTiles
 from .losses import forecast_loss, latitude_weights, mae_loss
 from .schedule import learning_rate
 
@@ -83,7 +84,7 @@ class Preempted(Exception):
 def _open_data(job: TrainJob):
     if job.task == "forecast":
         d = job.data
-        return ERA5Forecast(d["store"], d["normalization"], d["targets"], d["lead_days"])
+        return ERA5Forecast(d["assembled"], "train", d["targets"], d["lead_days"], d.get("space", "anomaly"))
     d = job.data
     if d.get("source") == "hyperspectral":
         return SpectralTiles(d["store"])
@@ -190,7 +191,12 @@ def run_training(job: TrainJob, on_step: Callable[[int, float], None] | None = N
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     meta = {"fingerprint": spec.fingerprint(), "spec": spec.to_dict(), "variant": job.name,
-            "mesh": {"dp": shape.dp, "fsdp": shape.fsdp, "tp": shape.tp}}
+            "task": job.task, "mesh": {"dp": shape.dp, "fsdp": shape.fsdp, "tp": shape.tp}}
+    if job.task == "forecast":  # evaluation undoes exactly this transform
+        meta["transform"] = data.transform.to_dict()
+        meta["lead_days"] = data.lead_days
+    else:
+        meta["mask_ratio"] = job.data["mask_ratio"]
     # Resume only the same run: same architecture, optimisation settings and data. The mesh
     # is left out on purpose, since DCP reshards a checkpoint to another world size.
     run_key = run_fingerprint(spec, s, job.data)

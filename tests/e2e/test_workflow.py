@@ -86,7 +86,8 @@ def test_mlflow_parent_and_children(workflow_run):
     # 3 years x (pressure, single) + static, for acquire and regrid; one assemble
     assert {k: len(v) for k, v in by_rule.items()} == {"era5_acquire": 7, "era5_regrid": 7,
                                                        "era5_assemble": 1, "train": 3,
-                                                       "hs_preprocess": 3, "hs_tiles": 1}
+                                                       "hs_preprocess": 3, "hs_tiles": 1, "evaluate": 3,
+                                                       "evaluate_baselines": 1, "scorecard": 1}
     assert all(r.info.status == "FINISHED" for r in children)
     regrid = by_rule["era5_regrid"][0]
     assert regrid.data.tags["stage"] == "era5_regrid" and regrid.data.tags["regrid_backend"] == "xarray-regrid"
@@ -150,6 +151,43 @@ def test_hyperspectral_outputs_and_tracking(workflow_run):
     assert len(client.get_metric_history(tiles.info.run_id, "band_mean")) == len(stats["wavelengths"])
     mae = json.loads((wd / "results/train/mae-dchag-L/summary.json").read_text())
     assert mae["world_size"] == 2
+
+
+def test_evaluation_outputs_and_tracking(workflow_run):
+    import csv
+
+    wd, _ = workflow_run
+    ev = wd / "results/evaluation"
+    for name in ("forecast-tp-baseline", "forecast-dchag-L", "climatology", "persistence"):
+        rows = list(csv.DictReader(open(ev / name / "metrics.csv")))
+        assert {r["variant"] for r in rows} == {name}
+        assert {(r["variable"], r["lead_hours"]) for r in rows} == {(v, h) for v in ("z_500", "t2m") for h in ("24", "48")}
+        assert {r["metric"] for r in rows} >= {"rmse", "rmse_climax", "acc", "bias", "pearson"}
+        assert all(r["convention"] for r in rows)
+        assert (ev / name / "data/per_init.nc").is_file() and (ev / name / "plots/rmse_maps.png").stat().st_size > 1000
+    assert (ev / "forecast-dchag-L/plots/example_0024h.png").stat().st_size > 1000
+    with xr.open_dataset(ev / "forecast-dchag-L/data/per_init.nc") as ds:
+        assert ds.sizes["init_time"] == len(range(0, 732 - 4, 5))  # 2012 at 0 and 12 UTC, leads 1 and 2 days
+    card = (ev / "scorecard.md").read_text()
+    for name in VARIANTS + ["climatology", "persistence"]:
+        assert f"| {name} |" in card
+    assert "RMSE differences with confidence intervals" in card and "| forecast-dchag-L | forecast-tp-baseline |" in card
+    assert {p.name for p in (ev / "scorecard_plots").iterdir()} >= {"rmse_vs_lead.png", "acc_vs_lead.png", "mae_loss.png"}
+    mae = json.loads((ev / "mae-dchag-L/summary.json").read_text())
+    assert set(mae["splits"]) == {"val", "test"} and mae["splits"]["test"]["plant_pixels"] > 0
+    assert (ev / "mae-dchag-L/plots/reconstruction.png").stat().st_size > 1000
+    client, runs = _runs(wd)
+    evals = {r.data.params.get("variant", "baselines"): r for r in runs if r.data.tags.get("rule") == "evaluate"}
+    evals.update({"baselines": r for r in runs if r.data.tags.get("rule") == "evaluate_baselines"})
+    assert sorted(evals) == sorted(VARIANTS + ["baselines"])
+    fc = evals["forecast-dchag-L"]
+    assert "WeatherBench2" in fc.data.tags["metric_conventions"]
+    assert [m.step for m in client.get_metric_history(fc.info.run_id, "rmse.z_500")] == [24, 48]
+    assert {f.path for f in client.list_artifacts(fc.info.run_id)} >= {"metrics.csv", "plots", "data"}
+    assert "test.psnr" in evals["mae-dchag-L"].data.metrics
+    card_run = next(r for r in runs if r.data.tags.get("rule") == "scorecard")
+    assert {f.path for f in client.list_artifacts(card_run.info.run_id)} >= {"scorecard.md", "scorecard.csv",
+                                                                               "scorecard_plots"}
 
 
 def test_secret_never_written(workflow_run):

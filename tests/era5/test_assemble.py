@@ -9,23 +9,14 @@ import xarray as xr
 
 from pipeline_src.era5.assemble import ClimatologyAccumulator, RunningStats, assemble
 from pipeline_src.era5.channels import G
-from pipeline_src.era5.regrid import regrid_file
 from pipeline_src.era5.synthetic import standard_height
 from pipeline_src.io import InputError
 from tests.conftest import load_nc, small_config
 
 
 @pytest.fixture(scope="module")
-def assembled(tmp_path_factory, raw_files):
-    cfg = small_config()
-    tmp = tmp_path_factory.mktemp("asm")
-    regridded = {}
-    for key, raw in raw_files.items():
-        regridded[key] = tmp / "regridded" / key[0] / f"{key[1]}.nc"
-        regrid_file(cfg, key[0], key[1], raw, regridded[key])
-    out = tmp / "assembled"
-    metrics = assemble(cfg, regridded, out)
-    return cfg, out, metrics, regridded
+def assembled(assembled_era5):
+    return assembled_era5
 
 
 def test_splits_shapes_and_channels(assembled):
@@ -88,6 +79,24 @@ def test_climatology_is_a_smoothed_training_mean(assembled):
     t = clim.sel(channel="t_850", hour=0, latitude=slice(30, 60)).mean(["latitude", "longitude"])
     assert float(t.sel(dayofyear=200)) - float(t.sel(dayofyear=15)) > 5
     assert not np.isnan(clim.values).any()  # day 366 filled although 2010 is not a leap year
+
+
+def test_anomaly_std_static_channels_and_units(assembled):
+    cfg, out, _, _ = assembled
+    stats = json.loads((out / "normalization.json").read_text())
+    assert stats["static_channels"] == ["lsm", "orography"]
+    train = xr.open_zarr(out / "train.zarr", consolidated=False).fields
+    clim = xr.open_zarr(out / "climatology.zarr", consolidated=False).climatology.values
+    doy = pd.DatetimeIndex(train.time.values).day_of_year.values - 1
+    anomaly = train.values.astype(np.float64) - clim[doy, 0]
+    np.testing.assert_allclose(stats["anomaly_std"], np.sqrt((anomaly**2).mean(axis=(0, 2, 3))), rtol=1e-6)
+    ratio = np.array(stats["anomaly_std"]) / np.array(stats["std"])
+    names = [c.name for c in cfg.channels]
+    assert ratio[names.index("lsm")] == 0 and ratio[names.index("orography")] == 0
+    assert 0.02 < ratio[names.index("t2m")] < 0.5  # the seasonal cycle dominates 2 m temperature
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["units"]["z_500"] == "m2 s-2" and manifest["units"]["t2m"] == "K"
+    assert manifest["units"]["q_850"] == "kg kg-1" and manifest["units"]["orography"] == "m"
 
 
 def test_accumulators_match_numpy():

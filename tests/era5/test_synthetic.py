@@ -97,3 +97,32 @@ def test_humidity_positive_and_winds_sane():
     p = gen.pressure_chunk(times, [1000, 500, 50], ["q", "u", "v"], rng)
     assert (p["q"] > 0).all() and p["q"].max() < 0.05
     assert np.abs(p["u"]).max() < 120 and np.abs(p["v"]).max() < 120
+
+
+def test_predictability_decays_like_the_atmosphere():
+    """Persistence ACC of z500 on the default's test year (seed 0, training years 2010-2013,
+    61-day climatology, every 5th day): 0.3-0.6 at 7 days, lower at 14, about 0.1 at 30."""
+    from pipeline_src.era5.assemble import ClimatologyAccumulator
+    from pipeline_src.evaluate.metrics import aggregate, cell_area_weights, per_init
+
+    gen = SyntheticERA5(seed=0, grid_deg=5.625)
+
+    def z500(year):
+        times = pd.date_range(f"{year}-01-01", f"{year}-12-31", freq="D")
+        rng = np.random.default_rng([0, year])
+        return times, gen.pressure_chunk(times, [500], ["z"], rng)["z"][:, :, 1:]  # (t, 1, lat, lon) without a pole
+
+    acc = ClimatologyAccumulator([0], (1, gen.lat.size - 1, gen.lon.size))
+    for year in (2010, 2011, 2012, 2013):
+        acc.update(*z500(year))
+    clim = acc.result(61)
+    times, test = z500(2015)
+    c = clim[np.asarray(times.day_of_year) - 1, 0]
+    w = cell_area_weights(gen.lat[1:])
+    skill = {}
+    for lead in (1, 7, 14, 30):
+        init = np.arange(0, len(times) - lead, 5)
+        skill[lead] = float(aggregate(per_init(test[init, 0], test[init + lead, 0], c[init + lead, 0], w))["acc"])
+    assert 0.3 <= skill[7] <= 0.6, skill
+    assert skill[14] < skill[7] - 0.1 and skill[30] < 0.2 and skill[30] < skill[14], skill
+    assert skill[1] > skill[7] + 0.2, skill  # the synoptic part forgets within days

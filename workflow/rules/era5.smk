@@ -1,14 +1,10 @@
 # ERA5: acquire (login node) -> regrid (per group and year) -> assemble (one job).
-ERA5 = CFG.era5
-ERA5_SOURCE = ERA5["source"]
-ERA5_PIECES = [(g, str(y)) for g in ("pressure", "single") if g in CFG.required for y in CFG.all_years]
-if "static" in CFG.required:
-    ERA5_PIECES.append(("static", "static"))
-ASSEMBLED = f"{RESULTS}/era5/assembled"
+
 
 wildcard_constraints:
     group="pressure|single|static",
     period=r"\d{4}|static",
+
 
 # Downloads need the internet: on clusters they run on the login node.
 localrules:
@@ -26,18 +22,21 @@ rule era5_acquire:
     params:
         config_hash=CFG.section_hash("era5.source", "era5.years", "era5.hours", "era5.channels",
                                      "era5.grid_deg", "era5.synthetic", "era5.cds", "era5.arco"),
+        cli=CLI,
+        config=EFFECTIVE_CONFIG,
+        rule_name="era5_acquire",
     log:
         f"{LOGS}/era5/acquire/{{group}}_{{period}}.log",
     conda:
         "../../envs/era5.yaml"
     shell:
-        "{CLI} era5 acquire --config {EFFECTIVE_CONFIG} --rule {rule} "
-        "--group {wildcards.group} --period {wildcards.period} --output {output} 2> {log}"
+        "{params.cli} era5 acquire --config {params.config} --rule {params.rule_name} "
+        "--group {wildcards.group} --period {wildcards.period} --output {output} > {log} 2>&1"
 
 
 rule era5_regrid:
     input:
-        f"{RESOURCES}/era5/{ERA5_SOURCE}/{{group}}/{{period}}.nc",
+        rules.era5_acquire.output,
     output:
         data=f"{RESULTS}/era5/regridded/{{group}}/{{period}}.nc",
         preview=report(f"{RESULTS}/era5/regridded/{{group}}/{{period}}.png",
@@ -45,18 +44,21 @@ rule era5_regrid:
     params:
         config_hash=CFG.section_hash("era5.regrid", "era5.channels", "era5.hours"),
         weights=f"{RESULTS}/era5/regrid_weights",
+        cli=CLI,
+        config=EFFECTIVE_CONFIG,
+        rule_name="era5_regrid",
     log:
         f"{LOGS}/era5/regrid/{{group}}_{{period}}.log",
-    threads: 2
+    threads: 1  # small files are bound by Python overhead: run two at once locally; profiles raise it
     resources:
         mem_mb=4000,
         runtime=60,
     conda:
         "../../envs/era5.yaml"
     shell:
-        "{CLI} era5 regrid --config {EFFECTIVE_CONFIG} --rule {rule} "
+        "{params.cli} era5 regrid --config {params.config} --rule {params.rule_name} "
         "--group {wildcards.group} --period {wildcards.period} --input {input} "
-        "--output {output.data} --preview {output.preview} --weights-dir {params.weights} 2> {log}"
+        "--output {output.data} --preview {output.preview} --weights-dir {params.weights} > {log} 2>&1"
 
 
 rule era5_assemble:
@@ -69,6 +71,10 @@ rule era5_assemble:
         manifest=f"{ASSEMBLED}/manifest.json",
     params:
         config_hash=CFG.section_hash("era5.assemble", "era5.channels", "era5.years", "era5.hours"),
+        out=parent_folder("manifest"),
+        cli=CLI,
+        config=EFFECTIVE_CONFIG,
+        rule_name="era5_assemble",
     log:
         f"{LOGS}/era5/assemble.log",
     threads: 2
@@ -78,5 +84,5 @@ rule era5_assemble:
     conda:
         "../../envs/era5.yaml"
     shell:
-        "{CLI} era5 assemble --config {EFFECTIVE_CONFIG} --rule {rule} "
-        "--inputs {input} --output-dir {ASSEMBLED} 2> {log}"
+        "{params.cli} era5 assemble --config {params.config} --rule {params.rule_name} "
+        "--inputs {input} --output-dir {params.out} > {log} 2>&1"

@@ -1,29 +1,17 @@
 # Hyperspectral: (synthetic scenes) -> preprocess per image (parallel) -> tiles + stats.
-HS = CFG.hyperspectral
-HS_IMAGES = CFG.hyperspectral_images()
-HS_RAW = f"{RESOURCES}/hyperspectral/synthetic"
-HS_OUT = f"{RESULTS}/hyperspectral"
+
 
 wildcard_constraints:
     image="|".join(re.escape(n) for n in HS_IMAGES) or "NONE",
+
 
 localrules:
     hs_acquire,
 
 
-def hs_cubes(wildcards):
-    """raw, white, dark data files of one image: generated (synthetic) or from config (files)."""
-    if HS["source"] == "files":
-        entry = next(f for f in HS["files"] if f["name"] == wildcards.image)
-        return {"raw": entry["raw"], "white": entry["white"], "dark": entry["dark"]}
-    return {"raw": f"{HS_RAW}/{wildcards.image}.raw",
-            "white": f"{HS_RAW}/{wildcards.image}_white.raw",
-            "dark": f"{HS_RAW}/{wildcards.image}_dark.raw"}
-
-
 rule hs_all:
     input:
-        f"{HS_OUT}/tiles/stats.json",
+        f"{HS_TILES}/stats.json",
 
 
 rule hs_acquire:
@@ -31,13 +19,16 @@ rule hs_acquire:
         multiext(f"{HS_RAW}/{{image}}", ".raw", ".hdr", "_white.raw", "_white.hdr", "_dark.raw", "_dark.hdr"),
     params:
         config_hash=CFG.section_hash("hyperspectral.synthetic"),
+        out=parent_folder(0),
+        cli=CLI,
+        config=EFFECTIVE_CONFIG,
     log:
         f"{LOGS}/hyperspectral/acquire/{{image}}.log",
     conda:
         "../../envs/hyperspectral.yaml"
     shell:
-        "{CLI} hyperspectral acquire --config {EFFECTIVE_CONFIG} --image {wildcards.image} "
-        "--output-dir {HS_RAW} 2> {log}"
+        "{params.cli} hyperspectral acquire --config {params.config} --image {wildcards.image} "
+        "--output-dir {params.out} > {log} 2>&1"
 
 
 rule hs_preprocess:
@@ -50,6 +41,9 @@ rule hs_preprocess:
                        category="Hyperspectral", subcategory="previews"),
     params:
         config_hash=CFG.section_hash("hyperspectral.bands", "hyperspectral.calibrate", "hyperspectral.mask"),
+        cli=CLI,
+        config=EFFECTIVE_CONFIG,
+        rule_name="hs_preprocess",
     log:
         f"{LOGS}/hyperspectral/preprocess/{{image}}.log",
     resources:
@@ -57,22 +51,25 @@ rule hs_preprocess:
     conda:
         "../../envs/hyperspectral.yaml"
     shell:
-        "{CLI} hyperspectral preprocess --config {EFFECTIVE_CONFIG} --rule {rule} --image {wildcards.image} "
-        "--raw {input.raw} --white {input.white} --dark {input.dark} --output {output.data} "
-        "--summary {output.summary} --preview {output.preview} 2> {log}"
+        "{params.cli} hyperspectral preprocess --config {params.config} --rule {params.rule_name} "
+        "--image {wildcards.image} --raw {input.raw} --white {input.white} --dark {input.dark} "
+        "--output {output.data} --summary {output.summary} --preview {output.preview} > {log} 2>&1"
 
 
 rule hs_tiles:
     input:
-        data=expand(f"{HS_OUT}/calibrated/{{image}}.zarr", image=HS_IMAGES),
-        summaries=expand(f"{HS_OUT}/calibrated/{{image}}.json", image=HS_IMAGES),
+        data=expand(rules.hs_preprocess.output.data, image=HS_IMAGES),
+        summaries=expand(rules.hs_preprocess.output.summary, image=HS_IMAGES),
     output:
-        tiles=directory(expand(f"{HS_OUT}/tiles/{{split}}.zarr", split=["train", "val", "test"])),
-        stats=f"{HS_OUT}/tiles/stats.json",
+        tiles=directory(expand(f"{HS_TILES}/{{split}}.zarr", split=["train", "val", "test"])),
+        stats=f"{HS_TILES}/stats.json",
         spectra=report(f"{HS_OUT}/spectra.png", caption="../report/hs_spectra.rst", category="Hyperspectral"),
     params:
         config_hash=CFG.section_hash("hyperspectral.tiles", "hyperspectral.splits"),
-        out=f"{HS_OUT}/tiles",
+        out=parent_folder("stats"),
+        cli=CLI,
+        config=EFFECTIVE_CONFIG,
+        rule_name="hs_tiles",
     log:
         f"{LOGS}/hyperspectral/tiles.log",
     resources:
@@ -80,5 +77,6 @@ rule hs_tiles:
     conda:
         "../../envs/hyperspectral.yaml"
     shell:
-        "{CLI} hyperspectral tiles --config {EFFECTIVE_CONFIG} --rule {rule} --inputs {input.data} "
-        "--summaries {input.summaries} --output-dir {params.out} --spectra {output.spectra} 2> {log}"
+        "{params.cli} hyperspectral tiles --config {params.config} --rule {params.rule_name} "
+        "--inputs {input.data} --summaries {input.summaries} --output-dir {params.out} "
+        "--spectra {output.spectra} > {log} 2>&1"

@@ -1,4 +1,4 @@
-"""Training data: ERA5 forecast pairs from the assembled Zarr, spectral tiles for the MAE.
+"""Spectral tiles for the masked autoencoder: the hyperspectral stage's tiles or seeded synthetic ones.
 
 Sampling is a pure function of (seed, step, micro-step): resuming at step N draws the
 same batches as an uninterrupted run, with no sampler state to checkpoint. Every rank
@@ -8,101 +8,13 @@ samples and data-parallel ranks disjoint ones.
 
 from __future__ import annotations
 
-import json
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import xarray as xr
 
 from ..io import InputError
-
-
-def step_generator(seed: int, step: int, micro: int, salt: int = 0) -> torch.Generator:
-    """A torch Generator determined by (seed, step, micro-step, salt)."""
-    mixed = np.random.SeedSequence([seed, step, micro, salt]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(mixed[0] % (2**63)))
-
-
-@dataclass
-class Batch:
-    """One micro-batch for this rank: inputs, targets, and the task's extra input (lead or mask)."""
-
-    x: torch.Tensor
-    y: torch.Tensor | None = None
-    lead_days: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-
-
-class ERA5Forecast:
-    """(fields at t, lead) -> fields of the target channels at t + lead, normalised per channel."""
-
-    def __init__(self, store: str | Path, normalization: str | Path, targets: list[str],
-                 lead_days: list[float]):
-        self.store = Path(store)
-        if not (self.store / "zarr.json").is_file() and not (self.store / ".zgroup").is_file():
-            raise InputError(self.store, "assembled ERA5 Zarr store not found (run the era5 stages)")
-        try:
-            with warnings.catch_warnings():  # Snakemake's .snakemake_timestamp in directory outputs
-                warnings.filterwarnings("ignore", message=".*not recognized as a component")
-                self.ds = xr.open_zarr(self.store, consolidated=False)
-            self.fields = self.ds["fields"]
-        except (KeyError, ValueError, OSError) as err:
-            raise InputError(self.store, f"not an assembled ERA5 store: {err}") from None
-        self.channels = [str(c) for c in self.ds["channel"].values]
-        stats = json.loads(Path(normalization).read_text())
-        if stats["channels"] != self.channels:
-            raise InputError(normalization, "normalisation channels differ from the store's channels")
-        self.mean = torch.tensor(stats["mean"], dtype=torch.float32)[:, None, None]
-        self.std = torch.tensor(stats["std"], dtype=torch.float32)[:, None, None]
-        missing = [t for t in targets if t not in self.channels]
-        if missing:
-            raise InputError(self.store, f"target channels {missing} are not in the store")
-        self.targets = [self.channels.index(t) for t in targets]
-        times = self.ds["time"].values
-        if len(times) < 2:
-            raise InputError(self.store, "needs at least two time steps")
-        deltas = np.diff(times).astype("timedelta64[s]").astype(np.int64)
-        if not (deltas == deltas[0]).all():
-            raise InputError(self.store, "time steps are not evenly spaced")
-        steps_per_day = 86400 / deltas[0]
-        self.lead_days = [float(d) for d in lead_days]
-        self.lead_steps = []
-        for d in self.lead_days:
-            s = d * steps_per_day
-            if abs(s - round(s)) > 1e-9 or round(s) < 1:
-                raise InputError(self.store, f"lead time {d} days is not a whole number of "
-                                             f"{deltas[0] / 3600:g}-hour steps")
-            if round(s) >= len(times):
-                raise InputError(self.store, f"lead time {d} days is longer than the split")
-            self.lead_steps.append(int(round(s)))
-        self.latitudes = self.ds["latitude"].values
-        self.image = (self.fields.sizes["latitude"], self.fields.sizes["longitude"])
-
-    def _read(self, t: int) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.fields[t].values, dtype=np.float32))
-
-    def batch(self, seed: int, step: int, micro: int, global_batch: int, rows: slice) -> Batch:
-        """This rank's rows of the global micro-batch for (step, micro)."""
-        g = step_generator(seed, step, micro)
-        lead_idx = torch.randint(len(self.lead_steps), (global_batch,), generator=g)
-        u = torch.rand(global_batch, generator=g, dtype=torch.float64)
-        xs, ys, leads = [], [], []
-        n = len(self.ds["time"])
-        for k in range(global_batch)[rows]:
-            li = int(lead_idx[k])
-            t = int(u[k] * (n - self.lead_steps[li]))
-            xs.append((self._read(t) - self.mean) / self.std)
-            y = (self._read(t + self.lead_steps[li]) - self.mean) / self.std
-            ys.append(y[self.targets])
-            leads.append(self.lead_days[li])
-        return Batch(torch.stack(xs), torch.stack(ys), lead_days=torch.tensor(leads))
-
-    def close(self) -> None:
-        """Release the store."""
-        self.ds.close()
+from . import Batch, step_generator
 
 
 def mae_batch(tile, n_tiles: int, image: tuple[int, int], seed: int, step: int, micro: int,
@@ -135,10 +47,20 @@ class SpectralTiles:
             raise InputError(self.store, "holds no tiles")
         self.bands = int(self.tiles.shape[1])
         self.image = (int(self.tiles.shape[2]), int(self.tiles.shape[3]))
+        self.masks = group["mask"] if "mask" in group else None
+
+    def __len__(self) -> int:
+        return int(self.tiles.shape[0])
 
     def tile(self, index: int) -> torch.Tensor:
         """Tile number `index`, (bands, H, W)."""
         return torch.from_numpy(np.asarray(self.tiles[index], dtype=np.float32))
+
+    def plant_mask(self, index: int) -> torch.Tensor:
+        """Plant pixels of tile `index`, (H, W) bool."""
+        if self.masks is None:
+            raise InputError(self.store, "holds no plant masks (written by an older hs_tiles): rerun it")
+        return torch.from_numpy(np.asarray(self.masks[index]).astype(bool))
 
     def batch(self, seed: int, step: int, micro: int, global_batch: int, rows: slice,
               mask_ratio: float, patch: int) -> Batch:

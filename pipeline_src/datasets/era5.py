@@ -1,0 +1,248 @@
+"""Assembled ERA5 as models see it: split stores, the climatology, and the field transform.
+
+A forecaster works in one of two spaces (`forecast.space`):
+  anomaly   inputs and targets are departures from the training-years day-of-year x hour
+            climatology, divided by the training anomaly std of each channel; time-invariant
+            channels (land-sea mask, orography) are normalised as they are. A forecast is
+            climatology(valid time) + prediction x anomaly std, so predicting zero is exactly
+            the climatology forecast (the subseasonal convention).
+  absolute  inputs and targets are fields normalised by the training mean/std (ClimaX).
+The transform is stored in every checkpoint, so evaluation undoes exactly what training did.
+Sampling is a pure function of (seed, step, micro-step): a resumed run draws the same batches.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from ..io import InputError, read_json
+from . import Batch, step_generator
+
+SPACES = ("anomaly", "absolute")
+
+
+def _open_store(path: Path, what: str) -> xr.Dataset:
+    if not (path / "zarr.json").is_file() and not (path / ".zgroup").is_file():
+        raise InputError(path, f"{what} not found (run the era5 stages)")
+    try:
+        with warnings.catch_warnings():  # Snakemake's .snakemake_timestamp in directory outputs
+            warnings.filterwarnings("ignore", message=".*not recognized as a component")
+            return xr.open_zarr(path, consolidated=False, chunks=None)  # lazy, no dask per read
+    except (KeyError, ValueError, OSError) as err:
+        raise InputError(path, f"not a readable {what}: {err}") from None
+
+
+class ERA5Split:
+    """One assembled split (train/val/test): fields (time, channel, lat, lon) read by time index.
+
+    A split of at most `cache_bytes` is read into memory once (the embedded default's four
+    training years are 170 MB); larger ones are read one time step per request.
+    """
+
+    def __init__(self, store: str | Path, cache_bytes: int = 1 << 30):
+        self.store = Path(store)
+        self.ds = _open_store(self.store, "assembled ERA5 Zarr store")
+        if "fields" not in self.ds:
+            raise InputError(self.store, "not an assembled ERA5 store: no variable 'fields'")
+        self.fields = self.ds["fields"]
+        self.channels = [str(c) for c in self.ds["channel"].values]
+        self.times = pd.DatetimeIndex(self.ds["time"].values)
+        self.latitudes = np.asarray(self.ds["latitude"].values, dtype=np.float64)
+        self.longitudes = np.asarray(self.ds["longitude"].values, dtype=np.float64)
+        self.image = (self.fields.sizes["latitude"], self.fields.sizes["longitude"])
+        if len(self.times) < 2:
+            raise InputError(self.store, "needs at least two time steps")
+        deltas = np.diff(self.times.values).astype("timedelta64[s]").astype(np.int64)
+        if not (deltas == deltas[0]).all():
+            raise InputError(self.store, "time steps are not evenly spaced")
+        self.step_seconds = int(deltas[0])
+        self.cache = self.fields.values.astype(np.float32) if self.fields.nbytes <= cache_bytes else None
+
+    def lead_steps(self, lead_days: float) -> int:
+        """Time steps in `lead_days`; InputError if not whole or not shorter than the split."""
+        s = lead_days * 86400 / self.step_seconds
+        if abs(s - round(s)) > 1e-9 or round(s) < 1:
+            raise InputError(self.store, f"lead time {lead_days:g} days is not a whole number of "
+                                         f"{self.step_seconds / 3600:g}-hour steps")
+        if round(s) >= len(self.times):
+            raise InputError(self.store, f"lead time {lead_days:g} days is longer than the split "
+                                         f"({self.times[0]} to {self.times[-1]})")
+        return int(round(s))
+
+    def read(self, indices) -> np.ndarray:
+        """Fields at the given time indices, (n, C, H, W) float32."""
+        if self.cache is not None:
+            return self.cache[np.asarray(indices, dtype=np.int64)]
+        var = self.fields.variable  # Variable indexing skips DataArray overhead (~2x faster)
+        return np.stack([np.asarray(var[int(t)].values, dtype=np.float32) for t in indices])
+
+    def close(self) -> None:
+        """Release the store."""
+        self.ds.close()
+
+
+class Climatology:
+    """The assemble stage's day-of-year x hour climatology, looked up for any valid times."""
+
+    def __init__(self, store: str | Path, split: ERA5Split):
+        self.store = Path(store)
+        ds = _open_store(self.store, "climatology")
+        if "climatology" not in ds:
+            raise InputError(self.store, "not a climatology store: no variable 'climatology'")
+        self.ds = ds
+        channels = [str(c) for c in ds["channel"].values]
+        if channels != split.channels:
+            raise InputError(self.store, f"climatology channels {channels} differ from {split.store}'s "
+                                         f"{split.channels}")
+        if not (np.allclose(ds["latitude"].values, split.latitudes)
+                and np.allclose(ds["longitude"].values, split.longitudes)):
+            raise InputError(self.store, f"climatology grid differs from {split.store}'s")
+        self.hours = [int(h) for h in ds["hour"].values]
+        self.array = ds["climatology"]
+        # small climatologies (the default: 42 MB) are held in memory, large ones read per time
+        self.cache = self.array.values if self.array.nbytes < 512 * 2**20 else None
+
+    def at(self, times) -> np.ndarray:
+        """Climatology at each valid time (day of year and hour), (n, C, H, W) float32."""
+        times = pd.DatetimeIndex(times)
+        missing = sorted(set(times.hour) - set(self.hours))
+        if missing:
+            raise InputError(self.store, f"no climatology for hour(s) {missing} (has {self.hours})")
+        doy = np.asarray(times.day_of_year) - 1
+        hour = np.array([self.hours.index(h) for h in times.hour])
+        if self.cache is not None:
+            return self.cache[doy, hour].astype(np.float32)
+        return np.stack([np.asarray(self.array[int(d), int(h)].values, np.float32) for d, h in zip(doy, hour)])
+
+    def close(self) -> None:
+        """Release the store."""
+        self.ds.close()
+
+
+@dataclass(frozen=True)
+class FieldTransform:
+    """Physical fields <-> model inputs/targets (anomaly or absolute space), per channel."""
+
+    space: str
+    channels: tuple[str, ...]
+    targets: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    anomaly_std: tuple[float, ...]
+    static: tuple[bool, ...]
+
+    @classmethod
+    def from_normalization(cls, path: str | Path, space: str, channels: list[str],
+                           targets: list[str]) -> "FieldTransform":
+        """Read the assemble stage's normalization.json for these channels and targets."""
+        if space not in SPACES:
+            raise InputError(None, f"forecast.space {space!r}: choose one of {', '.join(SPACES)}")
+        stats = read_json(path)
+        if stats.get("channels") != list(channels):
+            raise InputError(path, f"normalisation channels {stats.get('channels')} differ from the "
+                                   f"store's {list(channels)}")
+        if space == "anomaly" and "anomaly_std" not in stats:
+            raise InputError(path, "no anomaly_std (written by an older assemble stage): rerun "
+                                   "`snakemake -R era5_assemble`")
+        missing = [t for t in targets if t not in channels]
+        if missing:
+            raise InputError(path, f"target channels {missing} are not among the channels {list(channels)}")
+        static = set(stats.get("static_channels", []))
+        anomaly_std = stats.get("anomaly_std", stats["std"])
+        return cls(space, tuple(channels), tuple(targets), tuple(stats["mean"]), tuple(stats["std"]),
+                   tuple(anomaly_std), tuple(c in static for c in channels))
+
+    def to_dict(self) -> dict:
+        """JSON-ready (stored in checkpoint metadata)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FieldTransform":
+        """Inverse of to_dict."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    @property
+    def target_index(self) -> list[int]:
+        """Channel index of each target."""
+        return [self.channels.index(t) for t in self.targets]
+
+    def _scale(self, index=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(offset weight on climatology, additive offset, scale) per channel, shaped (C, 1, 1)."""
+        idx = list(range(len(self.channels))) if index is None else index
+        use_clim = [self.space == "anomaly" and not self.static[i] for i in idx]
+        off = [0.0 if c else self.mean[i] for c, i in zip(use_clim, idx)]
+        scale = [self.anomaly_std[i] if c else self.std[i] for c, i in zip(use_clim, idx)]
+        shape = (len(idx), 1, 1)
+        return (torch.tensor(use_clim, dtype=torch.float32).reshape(shape),
+                torch.tensor(off, dtype=torch.float32).reshape(shape),
+                torch.tensor(scale, dtype=torch.float32).reshape(shape).clamp_min(1e-12))
+
+    def encode_inputs(self, fields: torch.Tensor, clim: torch.Tensor) -> torch.Tensor:
+        """Physical (..., C, H, W) fields at the initial time -> model inputs."""
+        w, off, scale = self._scale()
+        return (fields - w * clim - off) / scale
+
+    def encode_targets(self, fields: torch.Tensor, clim: torch.Tensor) -> torch.Tensor:
+        """Physical (..., C, H, W) fields at the valid time -> targets (..., V, H, W)."""
+        idx = self.target_index
+        w, off, scale = self._scale(idx)
+        return (fields[..., idx, :, :] - w * clim[..., idx, :, :] - off) / scale
+
+    def decode_targets(self, pred: torch.Tensor, clim: torch.Tensor) -> torch.Tensor:
+        """Model output (..., V, H, W) -> physical target fields, given the full (..., C, H, W) climatology."""
+        idx = self.target_index
+        w, off, scale = self._scale(idx)
+        return pred * scale.to(pred) + w.to(pred) * clim[..., idx, :, :].to(pred) + off.to(pred)
+
+
+class ERA5Forecast:
+    """Training pairs: (inputs at t, lead) -> targets at t + lead, in the transform's space."""
+
+    def __init__(self, assembled: str | Path, split: str, targets: list[str], lead_days: list[float],
+                 space: str = "anomaly"):
+        assembled = Path(assembled)
+        self.split = ERA5Split(assembled / f"{split}.zarr")
+        self.transform = FieldTransform.from_normalization(assembled / "normalization.json", space,
+                                                           self.split.channels, targets)
+        self.climatology = Climatology(assembled / "climatology.zarr", self.split)
+        self.channels, self.targets = self.split.channels, list(targets)
+        self.latitudes, self.image = self.split.latitudes, self.split.image
+        self.lead_days = [float(d) for d in lead_days]
+        self.lead_steps = [self.split.lead_steps(d) for d in self.lead_days]
+
+    def pairs(self, init: list[int], lead_steps: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoded inputs (n, C, H, W) and targets (n, V, H, W) for init indices and lead steps."""
+        times = self.split.times
+        valid = [i + s for i, s in zip(init, lead_steps)]
+        x = torch.from_numpy(self.split.read(init))
+        y = torch.from_numpy(self.split.read(valid))
+        cx = torch.from_numpy(self.climatology.at(times[init]))
+        cy = torch.from_numpy(self.climatology.at(times[valid]))
+        return self.transform.encode_inputs(x, cx), self.transform.encode_targets(y, cy)
+
+    def batch(self, seed: int, step: int, micro: int, global_batch: int, rows: slice) -> Batch:
+        """This rank's rows of the global micro-batch for (step, micro)."""
+        g = step_generator(seed, step, micro)
+        lead_idx = torch.randint(len(self.lead_steps), (global_batch,), generator=g)
+        u = torch.rand(global_batch, generator=g, dtype=torch.float64)
+        n = len(self.split.times)
+        init, steps, leads = [], [], []
+        for k in range(global_batch)[rows]:
+            li = int(lead_idx[k])
+            init.append(int(u[k] * (n - self.lead_steps[li])))
+            steps.append(self.lead_steps[li])
+            leads.append(self.lead_days[li])
+        x, y = self.pairs(init, steps)
+        return Batch(x, y, lead_days=torch.tensor(leads))
+
+    def close(self) -> None:
+        """Release the stores."""
+        self.split.close()
+        self.climatology.close()

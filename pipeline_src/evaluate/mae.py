@@ -1,0 +1,180 @@
+"""Masked-autoencoder evaluation on the validation and test tiles, on plant pixels of masked patches.
+
+Every tile gets a mask drawn from (evaluate seed, split, tile index), the same for every
+variant, so two models are compared on identical problems. Reconstructions are returned to
+reflectance with the tile stage's per-band statistics before PSNR and spectral angle:
+  masked_mse       mean squared error in normalised units (the training loss's units)
+  mse_reflectance  the same in reflectance; psnr = 10 log10(1 / mse_reflectance) (peak 1)
+  sam_deg          mean spectral angle (degrees) between true and reconstructed spectra
+All are pooled over the plant pixels of the masked patches of a split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..datasets import step_generator
+from ..datasets.spectral import SpectralTiles
+from ..io import InputError, read_json
+from ..model.arch import random_mask
+from ..model.build import ModelSpec
+from ..model.tokenizer import unpatchify
+from ..parallel import checkpoint as ckpt
+from ..parallel.mesh import is_main
+from .runtime import gather, load_parallel, progress, share, start
+
+SPLIT_SALT = {"val": 11, "test": 13}
+RGB_NM = (640.0, 550.0, 460.0)
+
+
+@dataclass
+class MaeEval:
+    """One MAE checkpoint to evaluate on the tiles of some splits."""
+
+    checkpoint: Path
+    tiles: Path
+    splits: tuple[str, ...] = ("val", "test")
+    batch: int = 8
+    seed: int = 0
+    preview_tiles: int = 4
+    tp: int = 1
+    fsdp: int = 1
+    dp: int | str = "auto"
+
+
+def tile_mask(seed: int, split: str, index: int, num_patches: int, ratio: float) -> torch.Tensor:
+    """The evaluation mask of one tile: (num_patches,) bool, identical for every variant."""
+    return random_mask(1, num_patches, ratio, step_generator(seed, index, 0, SPLIT_SALT[split]))[0]
+
+
+def reconstruct_image(pred: torch.Tensor, bands: int, patch: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Decoder output (B, L, C * p * p) -> images (B, C, H, W)."""
+    b, length, _ = pred.shape
+    tokens = pred.reshape(b, length, bands, patch * patch).permute(0, 2, 1, 3)
+    return unpatchify(tokens, patch, grid)
+
+
+def pixel_mask(patch_mask: torch.Tensor, patch: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, L) patch mask -> (B, H, W) pixel mask."""
+    b, length = patch_mask.shape
+    tokens = patch_mask[:, None, :, None].expand(b, 1, length, patch * patch).float()
+    return unpatchify(tokens, patch, grid)[:, 0] > 0.5
+
+
+class _Sums:
+    """Pooled sums over plant pixels of masked patches."""
+
+    def __init__(self, bands: int):
+        self.n_pixels, self.sq_norm, self.sq_refl, self.angle = 0, 0.0, 0.0, 0.0
+        self.true_sum, self.recon_sum = np.zeros(bands), np.zeros(bands)
+
+    def add(self, x_norm, r_norm, x_refl, r_refl, where) -> None:
+        """Add (B, C, H, W) tiles (normalised and reflectance) at (B, H, W) pixels `where`."""
+        pick = lambda a: a.permute(0, 2, 3, 1)[where].double()  # (pixels, C)
+        xn, rn, xr, rr = pick(x_norm), pick(r_norm), pick(x_refl), pick(r_refl)
+        if xn.shape[0] == 0:
+            return
+        self.n_pixels += xn.shape[0]
+        self.sq_norm += float(((xn - rn) ** 2).mean(dim=1).sum())
+        self.sq_refl += float(((xr - rr) ** 2).mean(dim=1).sum())
+        cos = (xr * rr).sum(1) / (xr.norm(dim=1) * rr.norm(dim=1)).clamp_min(1e-12)
+        self.angle += float(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).sum())
+        self.true_sum += xr.sum(0).numpy()
+        self.recon_sum += rr.sum(0).numpy()
+
+    def merge(self, other: "_Sums") -> None:
+        """Add another rank's sums."""
+        for k in ("n_pixels", "sq_norm", "sq_refl", "angle", "true_sum", "recon_sum"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+    def metrics(self) -> dict[str, float]:
+        """masked_mse, mse_reflectance, psnr, sam_deg, plant_pixels."""
+        n = max(self.n_pixels, 1)
+        mse_refl = self.sq_refl / n
+        return {"masked_mse": self.sq_norm / n, "mse_reflectance": mse_refl,
+                "psnr": float(10 * np.log10(1.0 / max(mse_refl, 1e-20))), "sam_deg": self.angle / n,
+                "plant_pixels": float(self.n_pixels)}
+
+
+def run_mae_eval(job: MaeEval) -> dict | None:
+    """Evaluate on every rank; rank 0 returns {split: metrics}, mean spectra and preview images."""
+    mesh, device = start(job.tp, job.fsdp, job.dp)
+    meta = ckpt.read_meta(job.checkpoint)
+    if meta.get("spec", {}).get("task") != "mae":
+        raise InputError(job.checkpoint, "not a masked-autoencoder checkpoint")
+    spec = ModelSpec.from_dict(meta["spec"])
+    stats = read_json(Path(job.tiles) / "stats.json")
+    mean = torch.tensor(stats["mean"], dtype=torch.float32)[:, None, None]
+    std = torch.tensor(stats["std"], dtype=torch.float32)[:, None, None]
+    wl = np.asarray(stats["wavelengths"])
+    model = load_parallel(job.checkpoint, spec, mesh, device)
+    ratio = float(meta.get("mask_ratio", 0.75))
+    out = {"splits": {}, "wavelengths": wl.tolist(), "mask_ratio": ratio}
+    for split in job.splits:
+        tiles = SpectralTiles(Path(job.tiles) / f"{split}.zarr")
+        if (tiles.bands, tiles.image) != (spec.channels, tuple(spec.image)):
+            raise InputError(tiles.store, f"tiles of {tiles.bands} bands, {tiles.image[0]}x{tiles.image[1]}; "
+                                          f"the checkpoint was trained on {spec.channels} bands, "
+                                          f"{spec.image[0]}x{spec.image[1]}")
+        sums, preview = _evaluate_split(job, model, spec, tiles, split, ratio, mean, std, mesh, device)
+        states = gather((sums, preview))
+        if is_main():
+            total = _Sums(spec.channels)
+            for s, p in states:
+                if s is not None:
+                    total.merge(s)
+                    preview = preview or p
+            out["splits"][split] = total.metrics()
+            out["splits"][split]["tiles"] = len(tiles)
+            if split == job.splits[-1]:
+                n = max(total.n_pixels, 1)
+                out["mean_true"], out["mean_recon"] = (total.true_sum / n).tolist(), (total.recon_sum / n).tolist()
+                out["preview"] = preview
+    return out if is_main() else None
+
+
+def _evaluate_split(job, model, spec, tiles, split, ratio, mean, std, mesh, device):
+    grid, patch = spec.grid, spec.patch
+    mine, passes, scoring = share(list(range(len(tiles))), mesh, job.batch)
+    sums = _Sums(spec.channels)
+    preview = []
+    rgb = [int(np.argmin(np.abs(np.asarray(tiles.wavelengths) - nm))) for nm in RGB_NM]
+    bar = progress(is_main(), passes, f"{split} tiles")
+    with torch.no_grad():
+        for b in range(passes):
+            ids = mine[b * job.batch:(b + 1) * job.batch]
+            real = bool(ids)
+            ids = ids or [0]
+            x = torch.stack([tiles.tile(i) for i in ids])
+            plants = torch.stack([tiles.plant_mask(i) for i in ids])
+            mask = torch.stack([tile_mask(job.seed, split, i, grid[0] * grid[1], ratio) for i in ids])
+            pred = model(x.to(device), mask.to(device)).float().cpu()
+            recon = reconstruct_image(pred, spec.channels, patch, grid)
+            masked = pixel_mask(mask, patch, grid)
+            if real and scoring:
+                sums.add(x, recon, x * std + mean, recon * std + mean, masked & plants)
+                for k in range(len(ids)):  # preview tiles that show a plant
+                    if len(preview) < job.preview_tiles and plants[k].float().mean() >= 0.1:
+                        preview.append(_rgb_triplet(x[k], recon[k], masked[k], plants[k], mean, std, rgb))
+            bar.update(1)
+    bar.close()
+    return (sums, preview) if scoring else (None, None)
+
+
+def _rgb_triplet(x, recon, masked, plant, mean, std, rgb):
+    """False-colour input, masked input (grey where masked), reconstruction with visible patches
+    pasted; background (not plant) pixels black, since the tiles hold no background signal."""
+    refl, rec = (x * std + mean)[rgb], (recon * std + mean)[rgb]
+    scale = 1.0 / max(float(refl[:, plant].max()) if plant.any() else 1.0, 1e-6)
+    back = (~plant).numpy()
+    img = (refl * scale).permute(1, 2, 0).numpy()
+    img[back] = 0.0
+    shown = img.copy()
+    shown[masked.numpy()] = 0.5
+    rec_img = torch.where(masked[None], rec, refl).mul(scale).permute(1, 2, 0).numpy()
+    rec_img[back] = 0.0
+    return img, shown, rec_img

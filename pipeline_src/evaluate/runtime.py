@@ -1,0 +1,57 @@
+"""What every distributed evaluation does: start the mesh, load a checkpoint resharded, deal out work."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..model.build import ModelSpec, build_model
+from ..parallel import checkpoint as ckpt
+from ..parallel.mesh import build_mesh, init_distributed, launch_env, pick_device, resolve_mesh
+from ..parallel.plans import data_parallel_rank, parallelize
+
+
+def start(tp: int, fsdp: int, dp: int | str):
+    """Initialise this rank (torchrun, srun or single process); return (mesh, device)."""
+    env = launch_env()
+    device = pick_device(env.local_rank)
+    init_distributed(env, device)
+    return build_mesh(resolve_mesh(env.world_size, tp, fsdp, dp), device.type), device
+
+
+def load_parallel(path: str | Path, spec: ModelSpec, mesh, device) -> torch.nn.Module:
+    """The checkpoint's model parallelized on `mesh` (DCP reshards from the training mesh), in eval mode."""
+    model = build_model(spec).to(device)
+    parallelize(model, mesh)
+    ckpt.load_checkpoint(path, model, None, spec_dict=spec.to_dict(), fingerprint=spec.fingerprint())
+    return model.eval()
+
+
+def share(items: list, mesh, batch: int) -> tuple[list, int, bool]:
+    """(this data-parallel shard's items, forward passes every rank makes, whether this rank scores).
+
+    All ranks make the same number of passes (FSDP and TP are collective); TP peers hold the
+    same items and only TP rank 0 scores them.
+    """
+    shard, shards = data_parallel_rank(mesh)
+    passes = math.ceil(math.ceil(len(items) / shards) / batch)
+    return items[shard::shards], passes, mesh["tp"].get_local_rank() == 0
+
+
+def gather(obj) -> list:
+    """Every rank's obj, in rank order, on every rank."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def progress(enabled: bool, total: int, name: str):
+    """A tqdm bar over forward passes (rank 0 only)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"evaluate {name}", disable=not enabled, unit="batch", mininterval=1.0)

@@ -1,0 +1,161 @@
+"""The scorecard: every forecaster and both baselines side by side, differences with error bars.
+
+Differences in RMSE (WB2 convention) come with a paired circular block bootstrap over the
+initialisation times: both systems are resampled on the same times, in blocks long enough
+to span the anomalies' memory, so a "no difference" is a statement with a confidence
+interval. Every table names its convention.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..io import InputError, atomic_path
+from .metrics import CONVENTIONS, block_bootstrap_indices, paired_rmse_difference
+from .scoring import table_rows
+
+BASELINES = ("climatology", "persistence")
+CSV_FIELDS = ("variant", "variable", "units", "lead_hours", "metric", "convention", "value", "low", "high", "n_inits")
+
+
+def check_same_inits(systems: dict[str, xr.Dataset]) -> np.ndarray:
+    """The common initialisation times; InputError if two systems were scored on different ones."""
+    names = list(systems)
+    ref = systems[names[0]]
+    for name in names[1:]:
+        ds = systems[name]
+        same = (ds.sizes["init_time"] == ref.sizes["init_time"]
+                and (ds["init_time"].values == ref["init_time"].values).all()
+                and list(ds["lead_hours"].values) == list(ref["lead_hours"].values)
+                and list(ds["variable"].values) == list(ref["variable"].values))
+        if not same:
+            raise InputError(None, f"{name} and {names[0]} were scored on different initialisation times, "
+                                   f"leads or variables: rerun `snakemake -R evaluate evaluate_baselines`")
+    return ref["init_time"].values
+
+
+def block_length(init_times: np.ndarray, block_days: float) -> int:
+    """Initialisation times per bootstrap block: enough to span `block_days`."""
+    if len(init_times) < 2:
+        return 1
+    spacing_days = float(np.median(np.diff(init_times)) / np.timedelta64(1, "D"))
+    return max(1, math.ceil(block_days / spacing_days))
+
+
+def differences(systems: dict[str, xr.Dataset], pairs: list[tuple[str, str]], boot: dict) -> list[dict]:
+    """RMSE(a) - RMSE(b) with a paired block-bootstrap interval, per pair, variable and lead."""
+    init_times = check_same_inits(systems)
+    block = block_length(init_times, boot["block_days"])
+    idx = block_bootstrap_indices(len(init_times), boot["samples"], block, boot["seed"])
+    rows = []
+    for a, b in pairs:
+        # (init, lead, variable) -> (lead, variable, init)
+        ma = systems[a]["mse"].transpose("lead_hours", "variable", "init_time").values
+        mb = systems[b]["mse"].transpose("lead_hours", "variable", "init_time").values
+        d = paired_rmse_difference(ma, mb, idx, boot["level"])
+        ds = systems[a]
+        for li, lead in enumerate(ds["lead_hours"].values):
+            for vi, var in enumerate(ds["variable"].values):
+                rows.append({"variant": a, "variable": str(var), "units": str(ds["units"].values[vi]),
+                             "lead_hours": int(lead), "metric": f"rmse_minus_{b}",
+                             "convention": f"wb2 rmse difference; {boot['level']:.0%} paired circular block "
+                                           f"bootstrap over inits ({boot['samples']} samples, blocks of {block} inits)",
+                             "value": float(d["diff"][li, vi]), "low": float(d["low"][li, vi]),
+                             "high": float(d["high"][li, vi]), "n_inits": len(init_times)})
+    return rows
+
+
+def comparison_pairs(models: dict[str, str]) -> list[tuple[str, str]]:
+    """Each model vs both baselines; each D-CHAG model vs the first TP-only model (else the first model)."""
+    pairs = [(m, b) for m in models for b in BASELINES]
+    reference = next((m for m, arch in models.items() if arch == "tp-baseline"), next(iter(models), None))
+    pairs += [(m, reference) for m in models if m != reference]
+    return pairs
+
+
+def verdict(row: dict) -> str:
+    """'better', 'worse' or 'no significant difference' from a difference row's interval."""
+    if row["high"] < 0:
+        return "better"
+    if row["low"] > 0:
+        return "worse"
+    return "no significant difference"
+
+
+def _fmt(x: float) -> str:
+    if x != x:  # NaN
+        return "nan"
+    return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+
+
+def markdown(rows: list[dict], diffs: list[dict], meta: dict, mae: dict[str, dict]) -> str:
+    """The scorecard as Markdown: headline RMSE, per-variable tables, differences, MAE metrics."""
+    df = pd.DataFrame(rows)
+    lines = [f"# Scorecard: {meta['run_name']}", "",
+             f"Verification on the **{meta['split']}** split, {meta['n_inits']} initialisation times "
+             f"({meta['first_init']} to {meta['last_init']}, every {meta['init_stride']}th), "
+             f"leads {', '.join(f'{h / 24:g} d' for h in meta['lead_hours'])}. Physical units.", "",
+             f"Conventions: {CONVENTIONS}", ""]
+    if not df.empty:
+        systems = list(dict.fromkeys(df["variant"]))
+        head = df[df.metric == "rmse"]
+        cols = [(v, h) for v in dict.fromkeys(head["variable"]) for h in sorted(set(head["lead_hours"]))]
+        lines += ["## RMSE (WeatherBench2: sqrt of the mean area-weighted MSE over inits)", "",
+                  "| system | " + " | ".join(f"{v} {h / 24:g}d" for v, h in cols) + " |",
+                  "|---|" + "---|" * len(cols)]
+        for s in systems:
+            vals = {(r.variable, r.lead_hours): r.value for r in head[head.variant == s].itertuples()}
+            lines.append(f"| {s} | " + " | ".join(_fmt(vals.get(c, float("nan"))) for c in cols) + " |")
+        lines.append("")
+        for var in dict.fromkeys(df["variable"]):
+            sub = df[df.variable == var]
+            unit = sub["units"].iloc[0]
+            lines += [f"## {var} [{unit}]", "",
+                      "| lead | system | RMSE (WB2) | RMSE (ClimaX, per-init mean) | ACC (WB2) | bias | Pearson |",
+                      "|---|---|---|---|---|---|---|"]
+            for h in sorted(set(sub["lead_hours"])):
+                for s in systems:
+                    m = {r.metric: r.value for r in sub[(sub.lead_hours == h) & (sub.variant == s)].itertuples()}
+                    lines.append(f"| {h / 24:g} d | {s} | " + " | ".join(
+                        _fmt(m.get(k, float("nan"))) for k in ("rmse", "rmse_climax", "acc", "bias", "pearson")) + " |")
+            lines.append("")
+    if diffs:
+        lines += ["## RMSE differences with confidence intervals", "",
+                  f"RMSE(system) - RMSE(other), WB2 convention; {diffs[0]['convention'].split('; ')[1]}. "
+                  "Negative = the system is better.", "",
+                  "| system | minus | variable | lead | difference | interval | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        for d in diffs:
+            lines.append(f"| {d['variant']} | {d['metric'][len('rmse_minus_'):]} | {d['variable']} | "
+                         f"{d['lead_hours'] / 24:g} d | {_fmt(d['value'])} | [{_fmt(d['low'])}, {_fmt(d['high'])}] | "
+                         f"{verdict(d)} |")
+        lines.append("")
+    if mae:
+        lines += ["## Masked autoencoders (plant pixels of masked patches, evaluation masks shared by all variants)", "",
+                  "| variant | split | tiles | masked MSE (normalised) | MSE (reflectance) | PSNR (dB, peak 1) | SAM (deg) |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, res in mae.items():
+            for split, m in res["splits"].items():
+                lines.append(f"| {name} | {split} | {m['tiles']} | {_fmt(m['masked_mse'])} | "
+                             f"{_fmt(m['mse_reflectance'])} | {m['psnr']:.2f} | {m['sam_deg']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def system_rows(systems: dict[str, xr.Dataset]) -> list[dict]:
+    """Aggregate metric rows of every system, with empty interval columns."""
+    rows = []
+    for ds in systems.values():
+        rows += [{**r, "low": "", "high": ""} for r in table_rows(ds)]
+    return rows
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    """Scorecard rows (metrics and differences) as CSV, atomically."""
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows, columns=list(CSV_FIELDS)).to_csv(tmp, index=False, float_format="%.6g")

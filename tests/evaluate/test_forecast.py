@@ -1,0 +1,131 @@
+"""Forecast evaluation: the same metrics at any evaluation mesh, physical units, baselines, bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from pipeline_src.datasets.era5 import Climatology, ERA5Split
+from pipeline_src.evaluate.forecast import ForecastEval, VerificationData, baseline_scores, check_compatible
+from pipeline_src.evaluate.metrics import aggregate, cell_area_weights
+from pipeline_src.io import InputError
+from pipeline_src.parallel import checkpoint as ckpt
+from pipeline_src.parallel.spawn import run_local
+from pipeline_src.train.restore import load_trained
+from tests.parallel import workers as train_workers
+
+from . import workers
+
+TARGETS = ["z_500", "t2m"]
+LEADS = [1.0, 3.0]
+
+
+@pytest.fixture(scope="module")
+def tp2_checkpoint(assembled_era5, tmp_path_factory):
+    """A D-CHAG forecaster trained for a few steps at TP 2 on the small assembled ERA5."""
+    _, out, _, _ = assembled_era5
+    data = {"assembled": str(out), "targets": TARGETS, "lead_days": LEADS, "space": "anomaly"}
+    job = train_workers.train_job(tmp_path_factory.mktemp("ck"), "fc", task="forecast", arch="dchag-L", tp=2,
+                                  steps=4, partitions=2, data=data)
+    run_local(train_workers.train, 2, job)
+    return out, job.final_dir
+
+
+def _evaluate(out, final, tmp_path, world, tp, dp="auto"):
+    job = ForecastEval(final, out, LEADS, init_stride=29, batch=3, tp=tp, dp=dp)
+    path = tmp_path / f"per_init_w{world}_tp{tp}.nc"
+    run_local(workers.evaluate_forecast, world, job, str(path))
+    with xr.open_dataset(path) as ds:
+        return ds.load()
+
+
+@pytest.mark.timeout(300)
+def test_same_metrics_on_one_process_and_two_ranks(tp2_checkpoint, tmp_path):
+    out, final = tp2_checkpoint
+    assert ckpt.read_meta(final)["mesh"]["tp"] == 2
+    single = _evaluate(out, final, tmp_path, 1, 1)
+    tp2 = _evaluate(out, final, tmp_path, 2, 2)
+    dp2 = _evaluate(out, final, tmp_path, 2, 1)  # data-parallel: each rank forecasts half the inits
+    n_inits = len(range(0, 366 - 3, 29))
+    for ds in (single, tp2, dp2):
+        assert ds.sizes == {"init_time": n_inits, "lead_hours": 2, "variable": 2}
+        np.testing.assert_array_equal(ds["init_time"].values, single["init_time"].values)
+        for k in ("mse", "acc", "bias", "pearson"):
+            np.testing.assert_allclose(ds[k].values, single[k].values, rtol=1e-5, atol=1e-6, err_msg=k)
+    assert list(single["lead_hours"].values) == [24, 72]
+    assert list(single["units"].values) == ["m2 s-2", "K"]
+
+
+@pytest.mark.timeout(300)
+def test_forecasts_are_in_physical_units(tp2_checkpoint, tmp_path):
+    """Rebuild the first init's forecast by hand from the checkpoint, the climatology and the stats."""
+    out, final = tp2_checkpoint
+    ds = _evaluate(out, final, tmp_path, 1, 1)
+    model, meta = load_trained(final)
+    split = ERA5Split(out / "test.zarr")
+    clim = Climatology(out / "climatology.zarr", split)
+    stats = json.loads((out / "normalization.json").read_text())
+    static = [c in stats["static_channels"] for c in split.channels]
+    x, cx = split.read([0]), clim.at(split.times[[0]])
+    mean, std, astd = (np.array(stats[k])[:, None, None] for k in ("mean", "std", "anomaly_std"))
+    inputs = np.where(np.array(static)[:, None, None], (x - mean) / std, (x - cx) / np.maximum(astd, 1e-12))
+    with torch.no_grad():
+        pred = model(torch.from_numpy(inputs.astype(np.float32)), torch.tensor([3.0])).numpy()[0]
+    idx = [split.channels.index(t) for t in TARGETS]
+    truth, cv = split.read([3])[0, idx], clim.at(split.times[[3]])[0, idx]
+    forecast = cv + pred * astd[idx]
+    w = cell_area_weights(split.latitudes)[:, None]
+    for v in range(2):
+        mse = float(((forecast[v] - truth[v]) ** 2 * w).mean())
+        assert ds["mse"].values[0, 1, v] == pytest.approx(mse, rel=1e-4)
+    split.close()
+    clim.close()
+
+
+def test_baselines_and_persistence_losing_skill(assembled_era5):
+    _, out, _, _ = assembled_era5
+    data = VerificationData(out)
+    scores = baseline_scores(data, [1.0, 3.0, 10.0, 30.0], 7, ["z_500", "t_850"])
+    clim = aggregate({k: np.stack(v) for k, v in scores["climatology"].per.items()}, axis=0)
+    pers = aggregate({k: np.stack(v) for k, v in scores["persistence"].per.items()}, axis=0)
+    np.testing.assert_array_equal(clim["acc"], 0.0)
+    acc = pers["acc"][:, 0]  # z_500 over leads
+    assert acc[0] > 0.7 and acc[0] > acc[1] > acc[2] > acc[3] and acc[3] < acc[0] - 0.3
+    assert (pers["rmse"][3] > clim["rmse"][3]).all()  # at 30 days persistence is worse than climatology
+    data.close()
+
+
+def test_checkpoint_that_does_not_fit_the_data(tp2_checkpoint, tmp_path):
+    out, final = tp2_checkpoint
+    data = VerificationData(out)
+    meta = ckpt.read_meta(final)
+    spec, transform = check_compatible(final, meta, data)
+    assert list(transform.targets) == TARGETS
+    other = json.loads(json.dumps(meta))
+    other["transform"]["channels"] = other["transform"]["channels"][::-1]
+    with pytest.raises(InputError, match=r"final: checkpoint was trained on channels \['orography'"):
+        check_compatible(final, other, data)
+    other = json.loads(json.dumps(meta))
+    other["spec"]["image"] = [16, 32]
+    with pytest.raises(InputError, match="trained on a 16x32 grid; .*test.zarr is 32x64"):
+        check_compatible(final, other, data)
+    other = json.loads(json.dumps(meta))
+    other["spec"]["task"], other["task"] = "mae", "mae"
+    with pytest.raises(InputError, match="not a forecast checkpoint"):
+        check_compatible(final, other, data)
+    with pytest.raises(InputError, match=r"test.zarr: lead time 400 days is longer than the split"):
+        data.init_indices([7.0, 400.0], 5)
+    inits, steps = data.init_indices([1.0, 3.0], 5)
+    assert steps == [1, 3] and inits == list(range(0, 363, 5))
+    data.close()
+
+
+def test_missing_climatology_is_named(assembled_era5, tmp_path):
+    _, out, _, _ = assembled_era5
+    copy = tmp_path / "assembled"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("climatology.zarr"))
+    with pytest.raises(InputError, match="climatology.zarr: climatology not found"):
+        VerificationData(copy)

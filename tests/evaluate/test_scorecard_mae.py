@@ -1,0 +1,107 @@
+"""Scorecard assembly (same inits, pairs, every system listed) and the MAE metric helpers."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+from pipeline_src.evaluate.mae import _Sums, pixel_mask, reconstruct_image, tile_mask
+from pipeline_src.evaluate.metrics import cell_area_weights
+from pipeline_src.evaluate.scorecard import (check_same_inits, comparison_pairs, differences, markdown,
+                                             system_rows)
+from pipeline_src.evaluate.scoring import Scores
+from pipeline_src.io import InputError
+from pipeline_src.train.losses import mae_targets
+
+BOOT = {"samples": 200, "block_days": 10, "level": 0.9, "seed": 0}
+
+
+def _system(name, scale, inits=12, start="2015-01-01"):
+    lat = -87.1875 + 5.625 * np.arange(32)
+    s = Scores(name, [168, 720], ["z_500", "t2m"], ["m2 s-2", "K"], cell_area_weights(lat))
+    rng = np.random.default_rng(len(name))
+    times = pd.date_range(start, periods=inits, freq="5D").values
+    truth = rng.normal(0, 1, (inits, 2, 2, 32, 64))
+    clim = np.zeros_like(truth)
+    s.add(times, truth + scale * rng.normal(0, 1, truth.shape), truth, clim)
+    return s.to_dataset()
+
+
+def test_scorecard_lists_every_system_with_intervals():
+    systems = {"fc-tp": _system("fc-tp", 0.8), "fc-dchag": _system("fc-dchag", 0.8),
+               "climatology": _system("climatology", 1.0), "persistence": _system("persistence", 1.4)}
+    models = {"fc-tp": "tp-baseline", "fc-dchag": "dchag-L"}
+    pairs = comparison_pairs(models)
+    assert ("fc-dchag", "fc-tp") in pairs and ("fc-tp", "climatology") in pairs and ("fc-tp", "fc-tp") not in pairs
+    rows = system_rows(systems)
+    diffs = differences(systems, pairs, BOOT)
+    assert len(diffs) == len(pairs) * 2 * 2
+    for d in diffs:
+        assert d["low"] <= d["value"] <= d["high"]
+    worse = [d for d in diffs if d["variant"] == "fc-tp" and d["metric"] == "rmse_minus_persistence"]
+    assert all(d["high"] < 0 for d in worse)  # 0.8 vs 1.4 noise: clearly better than "persistence"
+    meta = {"run_name": "t", "split": "test", "n_inits": 12, "first_init": "2015-01-01", "last_init": "2015-02-25",
+            "init_stride": 5, "lead_hours": [168, 720]}
+    md = markdown(rows, diffs, meta, {})
+    for name in systems:
+        assert f"| {name} |" in md
+    assert "WeatherBench2" in md and "ClimaX" in md and "block bootstrap" in md
+    assert "| fc-dchag | fc-tp | z_500 | 7 d |" in md
+
+
+def test_systems_on_different_inits_are_refused():
+    a, b = _system("a", 1.0), _system("b", 1.0, start="2015-01-02")
+    with pytest.raises(InputError, match="b and a were scored on different initialisation times"):
+        check_same_inits({"a": a, "b": b})
+
+
+def test_mae_reconstruction_layout_and_masks():
+    x = torch.randn(2, 5, 8, 12)
+    back = reconstruct_image(mae_targets(x, 4), 5, 4, (2, 3))
+    torch.testing.assert_close(back, x)
+    patch_mask = torch.tensor([[True, False, False, False, False, True]] * 2)
+    pix = pixel_mask(patch_mask, 4, (2, 3))
+    assert pix.shape == (2, 8, 12) and pix[0, :4, :4].all() and pix[0, 4:, 8:].all() and pix.sum() == 2 * 32
+    a, b = tile_mask(0, "test", 3, 24, 0.75), tile_mask(0, "test", 3, 24, 0.75)
+    assert torch.equal(a, b) and int(a.sum()) == 18
+    assert not torch.equal(a, tile_mask(0, "val", 3, 24, 0.75))
+
+
+def test_mae_sums_closed_forms():
+    x = torch.rand(1, 6, 4, 4) + 0.1
+    where = torch.zeros(1, 4, 4, dtype=torch.bool)
+    where[0, :2] = True
+    perfect = _Sums(6)
+    perfect.add(x, x, x, x, where)
+    m = perfect.metrics()
+    assert m["masked_mse"] == 0 and m["sam_deg"] == pytest.approx(0, abs=1e-3) and m["plant_pixels"] == 8
+    scaled = _Sums(6)
+    scaled.add(x, x, x, 2 * x, where)  # same spectral shape: angle 0, error = x
+    m = scaled.metrics()
+    assert m["sam_deg"] == pytest.approx(0, abs=1e-3)
+    want = float((x.permute(0, 2, 3, 1)[where] ** 2).mean())
+    assert m["mse_reflectance"] == pytest.approx(want, rel=1e-6)
+    assert m["psnr"] == pytest.approx(10 * np.log10(1 / want), rel=1e-6)
+    ortho = _Sums(2)
+    a = torch.zeros(1, 2, 1, 1)
+    a[0, 0] = 1.0
+    b = torch.zeros(1, 2, 1, 1)
+    b[0, 1] = 1.0
+    ortho.add(a, b, a, b, torch.ones(1, 1, 1, dtype=torch.bool))
+    assert ortho.metrics()["sam_deg"] == pytest.approx(90.0)
+
+
+def test_per_init_dataset_round_trip(tmp_path):
+    from pipeline_src.evaluate.scoring import read_per_init, table_rows, write_per_init
+
+    ds = _system("x", 0.5)
+    write_per_init(ds, tmp_path / "p.nc")
+    back = read_per_init(tmp_path / "p.nc")
+    xr.testing.assert_allclose(back, ds)
+    rows = table_rows(back)
+    assert {r["metric"] for r in rows} == {"rmse", "rmse_climax", "mse", "acc", "bias", "pearson"}
+    assert all(r["n_inits"] == 12 and r["convention"] for r in rows)
+    with pytest.raises(InputError, match="not a per-init metrics file"):
+        (tmp_path / "bad.nc").write_bytes(b"junk")
+        read_per_init(tmp_path / "bad.nc")
