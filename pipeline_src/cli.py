@@ -238,6 +238,12 @@ def cmd_bench_era5(args) -> None:
     bench_main(args)
 
 
+def _variant_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", required=True, help="a name from train.variants")
+    p.add_argument("--assembled", default=None, help="assembled ERA5 folder (forecast variants)")
+    p.add_argument("--tiles", default=None, help="hyperspectral tiles folder (MAE variants)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of the `dchag` command."""
     p = argparse.ArgumentParser(prog="dchag", description=__doc__)
@@ -290,20 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
         h.add_argument("--rule", default=None)
 
     t = sub.add_parser("train", help="train one model variant (launch with torchrun or srun)")
-    t.add_argument("--config", default="config.yaml")
-    t.add_argument("--variant", required=True, help="a name from train.variants")
+    _variant_arguments(t)
     t.add_argument("--output-dir", required=True, help="run folder: final/, summary.json, checkpoints/")
-    t.add_argument("--assembled", default=None, help="assembled ERA5 folder (forecast variants)")
-    t.add_argument("--tiles", default=None, help="hyperspectral tiles folder (MAE variants)")
+    t.add_argument("--config", default="config.yaml")
     t.add_argument("--rule", default=None)
     t.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="evaluation stage").add_subparsers(dest="stage", required=True)
     e = ev.add_parser("variant", help="evaluate one trained variant (launch with torchrun or srun)")
-    e.add_argument("--variant", required=True, help="a name from train.variants")
+    _variant_arguments(e)
     e.add_argument("--checkpoint", required=True, help="the variant's final checkpoint folder")
-    e.add_argument("--assembled", default=None, help="assembled ERA5 folder (forecast variants)")
-    e.add_argument("--tiles", default=None, help="hyperspectral tiles folder (MAE variants)")
     e.add_argument("--output-dir", required=True)
     e.set_defaults(func=cmd_evaluate)
     e = ev.add_parser("baselines", help="climatology and persistence on the same initialisation times")

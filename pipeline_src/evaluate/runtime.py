@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..io import ConfigError
 from ..model.build import ModelSpec, build_model
 from ..parallel import checkpoint as ckpt
 from ..parallel.mesh import build_mesh, init_distributed, launch_env, pick_device, resolve_mesh
@@ -17,9 +18,14 @@ from ..parallel.plans import data_parallel_rank, parallelize
 def start(tp: int, fsdp: int, dp: int | str):
     """Initialise this rank (torchrun, srun or single process); return (mesh, device)."""
     env = launch_env()
+    try:
+        shape = resolve_mesh(env.world_size, tp, fsdp, dp)
+    except ConfigError as err:
+        raise ConfigError("evaluate.mesh", f"{err.problem} (evaluate.mesh, default train.mesh; launch "
+                                           f"evaluate.nproc ranks)") from None
     device = pick_device(env.local_rank)
     init_distributed(env, device)
-    return build_mesh(resolve_mesh(env.world_size, tp, fsdp, dp), device.type), device
+    return build_mesh(shape, device.type), device
 
 
 def load_parallel(path: str | Path, spec: ModelSpec, mesh, device) -> torch.nn.Module:

@@ -140,7 +140,7 @@ def markdown(rows: list[dict], diffs: list[dict], meta: dict, mae: dict[str, dic
                   "| variant | split | tiles | masked MSE (normalised) | MSE (reflectance) | PSNR (dB, peak 1) | SAM (deg) |",
                   "|---|---|---|---|---|---|---|"]
         for name, res in mae.items():
-            for split, m in res["splits"].items():
+            for split, m in sorted(res["splits"].items(), key=lambda kv: ("val", "test").index(kv[0])):
                 lines.append(f"| {name} | {split} | {m['tiles']} | {_fmt(m['masked_mse'])} | "
                              f"{_fmt(m['mse_reflectance'])} | {m['psnr']:.2f} | {m['sam_deg']:.2f} |")
         lines.append("")

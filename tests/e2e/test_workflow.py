@@ -211,6 +211,17 @@ def test_rerun_one_stage(workflow_run):
     assert [r.data.tags["rule"] for r in runs if r.data.tags.get("mlflow.parentRunId") == latest] == ["era5_assemble"]
 
 
+def test_rerun_evaluation_alone(workflow_run):
+    wd, _ = workflow_run
+    checkpoint = (wd / "results/train/forecast-dchag-L/final/meta.json").stat().st_mtime_ns
+    card = (wd / "results/evaluation/scorecard.md").stat().st_mtime_ns
+    proc = snakemake(wd, "-R", "evaluate", "--until", "scorecard")
+    stats = proc.stderr.split("Job stats")[1].split("Select jobs")[0]
+    assert "evaluate " in stats and "scorecard" in stats and "train " not in stats and "era5" not in stats
+    assert (wd / "results/train/forecast-dchag-L/final/meta.json").stat().st_mtime_ns == checkpoint
+    assert (wd / "results/evaluation/scorecard.md").stat().st_mtime_ns > card
+
+
 def test_bad_config_fails_clearly(tmp_path):
     bad = dict(TINY, era5=dict(TINY["era5"], years={"train": [2010], "val": [2010], "test": [2012]}))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(bad))

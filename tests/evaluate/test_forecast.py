@@ -129,3 +129,33 @@ def test_missing_climatology_is_named(assembled_era5, tmp_path):
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("climatology.zarr"))
     with pytest.raises(InputError, match="climatology.zarr: climatology not found"):
         VerificationData(copy)
+
+
+def test_cli_names_a_missing_checkpoint_in_one_line(assembled_era5, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from pipeline_src.parallel.spawn import free_port
+    from tests.conftest import SMALL
+
+    _, out, _, _ = assembled_era5
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+
+    def evaluate(evaluate_cfg):
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump({**SMALL, "evaluate": evaluate_cfg}))
+        env["MASTER_PORT"] = str(free_port())
+        return subprocess.run([sys.executable, "-m", "pipeline_src.cli", "evaluate", "variant", "--config",
+                               str(tmp_path / "config.yaml"), "--variant", "forecast-dchag-L", "--checkpoint",
+                               str(tmp_path / "nothing"), "--assembled", str(out), "--output-dir",
+                               str(tmp_path / "ev")], capture_output=True, text=True, timeout=120, env=env)
+
+    proc = evaluate({"mesh": {"tp": 1}, "nproc": 1})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"error: {tmp_path / 'nothing'}: not a complete checkpoint" in proc.stderr
+    proc = evaluate({})  # the training mesh (tp 2) on one process
+    assert proc.returncode == 2
+    assert "error: evaluate.mesh: world size 1 is not a multiple of tp 2" in proc.stderr
+    assert not (tmp_path / "ev" / "metrics.csv").exists()
