@@ -33,6 +33,12 @@ def small_config(**era5_overrides) -> Config:
     return Config(validate_dict(raw))
 
 
+def pytest_collection_modifyitems(items):
+    """Fast unit tests first, then the end-to-end workflow, then the real Slurm cluster."""
+    rank = {"e2e": 1, "slurm": 2}
+    items.sort(key=lambda item: max([0] + [rank[m.name] for m in item.iter_markers() if m.name in rank]))
+
+
 @pytest.fixture
 def cfg() -> Config:
     return small_config()

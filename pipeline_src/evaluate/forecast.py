@@ -78,6 +78,7 @@ class ForecastEval:
     tp: int = 1
     fsdp: int = 1
     dp: int | str = "auto"
+    expected_world: int | None = None  # evaluate.nproc: refuse another number of ranks
 
 
 def check_compatible(path: Path, meta: dict, data: VerificationData) -> tuple[ModelSpec, FieldTransform]:
@@ -100,7 +101,7 @@ def check_compatible(path: Path, meta: dict, data: VerificationData) -> tuple[Mo
 def run_forecast_eval(job: ForecastEval) -> tuple[Scores | None, dict | None, VerificationData]:
     """Forecast and score every selected init on this rank's share; rank 0 returns the merged
     Scores and the first init's example fields (other ranks return None)."""
-    mesh, device = start(job.tp, job.fsdp, job.dp)
+    mesh, device = start(job.tp, job.fsdp, job.dp, job.expected_world)
     data = VerificationData(job.assembled, job.split)
     meta = ckpt.read_meta(job.checkpoint)
     spec, transform = check_compatible(Path(job.checkpoint), meta, data)

@@ -44,6 +44,7 @@ class MaeEval:
     tp: int = 1
     fsdp: int = 1
     dp: int | str = "auto"
+    expected_world: int | None = None  # evaluate.nproc: refuse another number of ranks
 
 
 def tile_mask(seed: int, split: str, index: int, num_patches: int, ratio: float) -> torch.Tensor:
@@ -102,7 +103,7 @@ class _Sums:
 
 def run_mae_eval(job: MaeEval) -> dict | None:
     """Evaluate on every rank; rank 0 returns {split: metrics}, mean spectra and preview images."""
-    mesh, device = start(job.tp, job.fsdp, job.dp)
+    mesh, device = start(job.tp, job.fsdp, job.dp, job.expected_world)
     meta = ckpt.read_meta(job.checkpoint)
     if meta.get("spec", {}).get("task") != "mae":
         raise InputError(job.checkpoint, "not a masked-autoencoder checkpoint")

@@ -11,13 +11,14 @@ import torch.distributed as dist
 from ..io import ConfigError
 from ..model.build import ModelSpec, build_model
 from ..parallel import checkpoint as ckpt
-from ..parallel.mesh import build_mesh, init_distributed, launch_env, pick_device, resolve_mesh
+from ..parallel.mesh import build_mesh, check_world, init_distributed, launch_env, pick_device, resolve_mesh
 from ..parallel.plans import data_parallel_rank, parallelize
 
 
-def start(tp: int, fsdp: int, dp: int | str):
+def start(tp: int, fsdp: int, dp: int | str, expected_world: int | None = None):
     """Initialise this rank (torchrun, srun or single process); return (mesh, device)."""
     env = launch_env()
+    check_world(env, expected_world, "evaluate.nproc")
     try:
         shape = resolve_mesh(env.world_size, tp, fsdp, dp)
     except ConfigError as err:

@@ -31,6 +31,10 @@ def _mesh(cfg: Config) -> dict:
     return {"tp": m["tp"], "fsdp": m.get("fsdp", 1), "dp": m.get("dp", "auto")}
 
 
+def _nproc(cfg: Config) -> int:
+    return cfg.data["evaluate"]["nproc"] or cfg.data["train"]["nproc"]
+
+
 def _log_rows(run, rows: list[dict]) -> None:
     """MLflow metrics named metric.variable, one point per lead (step = lead hours)."""
     for r in rows:
@@ -66,7 +70,8 @@ def evaluate_forecaster(cfg: Config, variant: str, checkpoint: str, assembled: s
     ev = cfg.data["evaluate"]
     mesh = _mesh(cfg)
     job = ForecastEval(Path(checkpoint), Path(assembled), list(cfg.data["forecast"]["lead_days"]),
-                       ev["init_stride"], ev["batch"], ev["split"], mesh["tp"], mesh["fsdp"], mesh["dp"])
+                       ev["init_stride"], ev["batch"], ev["split"], mesh["tp"], mesh["fsdp"], mesh["dp"],
+                       _nproc(cfg))
     params = {"variant": variant, "checkpoint": checkpoint, "split": ev["split"], "init_stride": ev["init_stride"],
               "lead_days": job.lead_days, "mesh": mesh}
     start = time.perf_counter()
@@ -106,7 +111,7 @@ def evaluate_mae(cfg: Config, variant: str, checkpoint: str, tiles: str, out_dir
     ev = cfg.data["evaluate"]
     mesh = _mesh(cfg)
     job = MaeEval(Path(checkpoint), Path(tiles), ("val", "test"), ev["batch"], ev["seed"], ev["preview_tiles"],
-                  mesh["tp"], mesh["fsdp"], mesh["dp"])
+                  mesh["tp"], mesh["fsdp"], mesh["dp"], _nproc(cfg))
     out = Path(out_dir)
     with tracking.stage_run(cfg.mlflow, "evaluate", rule, {"variant": variant, "checkpoint": checkpoint,
                                                              "mesh": mesh, "seed": ev["seed"]}) as run:

@@ -59,6 +59,24 @@ def launch_env(environ: Mapping[str, str] | None = None) -> LaunchEnv:
     return LaunchEnv(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 29500)), "single")
 
 
+def check_world(env: LaunchEnv, expected: int | None, key: str, environ: Mapping[str, str] | None = None) -> None:
+    """ConfigError before any rendezvous when the launcher started another number of ranks than
+    `key` asks for, saying which launcher variable was missing or wrong."""
+    if expected is None or env.world_size == expected:
+        return
+    e = os.environ if environ is None else environ
+    if env.launcher == "single":
+        why = ("no launcher variables: neither torchrun's RANK/WORLD_SIZE nor srun's SLURM_PROCID/"
+               f"SLURM_NTASKS are set; start it with torchrun --nproc-per-node {expected} or srun -n {expected}")
+    elif env.launcher == "slurm":
+        why = (f"srun started {env.world_size} task(s) (SLURM_NTASKS={e.get('SLURM_NTASKS')}, "
+               f"SLURM_STEP_NUM_TASKS={e.get('SLURM_STEP_NUM_TASKS', 'unset')}): give srun -n {expected} "
+               f"(inside a Snakemake job step the SLURM_* variables are stripped and a bare srun runs one task)")
+    else:
+        why = f"torchrun set WORLD_SIZE={e.get('WORLD_SIZE')}: use --nproc-per-node {expected}"
+    raise ConfigError(key, f"configured for {expected} ranks, launched with {env.world_size}: {why}")
+
+
 def is_main() -> bool:
     """True on global rank 0 of the process group (or when not distributed)."""
     return not dist.is_initialized() or dist.get_rank() == 0

@@ -26,8 +26,9 @@ from ..model.build import ModelSpec, build_model
 from ..model.vit import num_params
 from ..parallel import checkpoint as ckpt
 from ..parallel.grads import clip_grad_norm
-from ..parallel.mesh import (build_mesh, init_distributed, is_main, launch_env, pick_device,
+from ..parallel.mesh import (build_mesh, check_world, init_distributed, is_main, launch_env, pick_device,
                              resolve_mesh)
+from ..parallel.walltime import job_end_time
 from ..parallel.plans import data_parallel_rank, parallelize
 from ..datasets.era5 import ERA5Forecast
 from ..datasets.spectral import SpectralTiles, SyntheticSpectralTiles
@@ -58,6 +59,13 @@ class TrainSettings:
     tp: int = 1
     fsdp: int = 1
     dp: int | str = "auto"
+    expected_world: int | None = None  # train.nproc: refuse to start with another number of ranks
+    walltime_margin_s: float = 180.0  # checkpoint and stop this long before the Slurm time limit
+
+
+# Not part of what makes two runs the same run (the resume folder's key): a run may be
+# resumed on another mesh, by another launcher, with another margin.
+LAUNCH_SETTINGS = ("tp", "fsdp", "dp", "expected_world", "walltime_margin_s")
 
 
 @dataclass
@@ -109,7 +117,7 @@ def model_spec(job: TrainJob, data, tp: int) -> ModelSpec:
 
 def run_fingerprint(spec: ModelSpec, s: TrainSettings, data: dict) -> str:
     """Hash of what makes two runs the same run (the mesh excluded): names the resume folder."""
-    settings = {k: v for k, v in vars(s).items() if k not in ("tp", "fsdp", "dp")}
+    settings = {k: v for k, v in vars(s).items() if k not in LAUNCH_SETTINGS}
     blob = json.dumps({"spec": spec.to_dict(), "settings": settings, "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -129,10 +137,13 @@ def _optimizer(model, s: TrainSettings) -> torch.optim.Optimizer:
 
 
 class _StopFlag:
-    """Set by SIGTERM/SIGUSR1 (Slurm preemption / time limit warning); agreed on across ranks."""
+    """Set by SIGTERM/SIGUSR1 (Slurm preemption / time limit warning) or, on rank 0, by the
+    approaching end of the Slurm allocation; agreed on across ranks."""
 
-    def __init__(self):
+    def __init__(self, deadline: float | None = None):
         self.raised = False
+        self.deadline = deadline  # epoch seconds after which rank 0 stops (end time - margin)
+        self.reason = "stop signal received"
         self._old = {}
 
     def __enter__(self):
@@ -148,7 +159,10 @@ class _StopFlag:
             signal.signal(sig, old)
 
     def agreed(self, device) -> bool:
-        """True on every rank if any rank received a stop signal."""
+        """True on every rank if any rank received a stop signal or rank 0 saw the deadline pass."""
+        if self.deadline is not None and not self.raised and time.time() >= self.deadline:
+            self.raised = True
+            self.reason = "the Slurm time limit is near"
         flag = torch.tensor([1.0 if self.raised else 0.0], device=device)
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -168,6 +182,7 @@ def run_training(job: TrainJob, on_step: Callable[[int, float], None] | None = N
     """Train job on this rank (all ranks call it); return the summary. Raises Preempted on a stop signal."""
     s = job.settings
     env = launch_env()
+    check_world(env, s.expected_world, "train.nproc")
     device = pick_device(env.local_rank)
     init_distributed(env, device)
     shape = resolve_mesh(env.world_size, s.tp, s.fsdp, s.dp)
@@ -219,8 +234,13 @@ def run_training(job: TrainJob, on_step: Callable[[int, float], None] | None = N
               **{f"train.{k}": v for k, v in vars(s).items()}, "world_size": env.world_size,
               "launcher": env.launcher, "device": device.type, "parameters": total_params,
               "resumed_from_step": start}
+    end = job_end_time() if is_main() else None
+    deadline = end - s.walltime_margin_s if end is not None else None
+    if deadline is not None:
+        log.info("%s: Slurm time limit in %.0f s; stopping with a checkpoint %.0f s before it",
+                 job.name, end - time.time(), s.walltime_margin_s)
     with tracking.stage_run(job.mlflow, "train", job.rule or f"train_{job.name}", params) as run, \
-            _StopFlag() as stop:
+            _StopFlag(deadline) as stop:
         progress = _progress(is_main(), start, s.steps, job.name)
         t_last, samples_since = time.perf_counter(), 0
         for step in range(start, s.steps):
@@ -269,7 +289,7 @@ def run_training(job: TrainJob, on_step: Callable[[int, float], None] | None = N
             if stop_now:
                 progress.close()
                 run.set_tags({"preempted_at_step": str(done)})
-                raise Preempted(f"{job.name}: stop signal received; checkpoint at step {done} in "
+                raise Preempted(f"{job.name}: {stop.reason}; checkpoint at step {done} in "
                                 f"{ckpt_root}; rerun the same command to resume")
         progress.close()
         ckpt.save_checkpoint(job.final_dir, model, None, {**meta, "step": s.steps})

@@ -155,7 +155,10 @@ def test_cli_names_a_missing_checkpoint_in_one_line(assembled_era5, tmp_path):
     proc = evaluate({"mesh": {"tp": 1}, "nproc": 1})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"error: {tmp_path / 'nothing'}: not a complete checkpoint" in proc.stderr
-    proc = evaluate({})  # the training mesh (tp 2) on one process
+    proc = evaluate({"nproc": 1})  # the training mesh (tp 2) on one process: refused by the config check
     assert proc.returncode == 2
-    assert "error: evaluate.mesh: world size 1 is not a multiple of tp 2" in proc.stderr
+    assert "evaluate.nproc 1 is not a product of the evaluation mesh {'tp': 2" in proc.stderr
+    proc = evaluate({})  # evaluate.nproc = train.nproc = 2, started as one plain process
+    assert proc.returncode == 2
+    assert "error: evaluate.nproc: configured for 2 ranks, launched with 1: no launcher variables" in proc.stderr
     assert not (tmp_path / "ev" / "metrics.csv").exists()

@@ -20,7 +20,14 @@ except pipeline_config.ConfigError as err:
 RESULTS = "results"
 RESOURCES = "resources"
 LOGS = "logs"
-EFFECTIVE_CONFIG = f"{RESULTS}/config.effective.yaml"
+# One effective config file per distinct configuration, named by its hash: a dry run or a
+# second invocation with another config writes another file and never changes the one that
+# queued or running jobs of this configuration read. Jobs find it through DCHAG_CONFIG (set
+# here, in every process that parses this workflow, the Slurm job step included), so the
+# shell commands stay the same when the config changes; each rule's config_hash param reruns
+# exactly the jobs whose sections changed.
+EFFECTIVE_CONFIG = f"{RESULTS}/config/effective-{CFG.section_hash(*sorted(CFG.data))}.yaml"
+os.environ.update(DCHAG_CONFIG=EFFECTIVE_CONFIG)
 
 # Stage folders (downstream rules name upstream files through these, not retyped paths).
 ERA5 = CFG.era5
@@ -95,17 +102,41 @@ def train_config_hash(wildcards):
     return f"{CFG.section_hash('model', 'train', 'forecast', 'mae')}-{variant}"
 
 
-def rank_launcher(nproc):
-    """srun (from resources.mpi) under Slurm profiles, else torchrun with `nproc` ranks."""
+def on_cluster(resources):
+    """True when the job runs under Slurm: its resources carry the Slurm profile's slurm_* keys.
 
-    def launch(wildcards, resources):
-        mpi = resources.get("mpi", "")
+    (The executor's name is not known yet where the job step evaluates params, and a dry run
+    names no executor; the resources are the same in the main process, the job step and a dry run.)
+    """
+    return any(str(key).startswith("slurm_") for key in resources.keys())
+
+
+def rank_launcher(nproc):
+    """`nproc` ranks: srun -n nproc -c cpus_per_task under Slurm, else torchrun on this machine.
+
+    The task count is always on the srun line: inside a Snakemake job step the SLURM_*
+    variables are stripped and a bare srun starts one task. resources.mpi holds the srun
+    command (the Frontier profile adds GPU binding); the rule's own default is plain srun.
+    Each rank gets an explicit CPU thread count (Slurm's cpus_per_task; locally the job's
+    threads shared out): Snakemake exports OMP/MKL_NUM_THREADS = the job's threads to every
+    process, which would oversubscribe the cores and make results depend on the launcher.
+    """
+
+    def launch(wildcards, threads, resources):
         choice = TRAIN["launcher"]
-        if choice == "srun" or (choice == "auto" and mpi):
-            return f"{mpi or 'srun'} --kill-on-bad-exit=1 {PYTHON} -m pipeline_src.cli"
-        return f"{PYTHON} -m torch.distributed.run --standalone --nproc-per-node {nproc} -m pipeline_src.cli"
+        if choice == "srun" or (choice == "auto" and on_cluster(resources)):
+            cpus = int(resources.get("cpus_per_task", 0) or 0) or 1
+            return (f"{rank_threads(cpus)} {resources.get('mpi', 'srun')} -n {nproc} -c {cpus} "
+                    f"--kill-on-bad-exit=1 {PYTHON} -m pipeline_src.cli")
+        return (f"{rank_threads(max(1, threads // nproc))} {PYTHON} -m torch.distributed.run --standalone "
+                f"--nproc-per-node {nproc} -m pipeline_src.cli")
 
     return launch
+
+
+def rank_threads(n):
+    """Environment assignments giving each rank n CPU threads (OpenMP and the BLAS libraries)."""
+    return f"OMP_NUM_THREADS={n} MKL_NUM_THREADS={n} OPENBLAS_NUM_THREADS={n}"
 
 
 def evaluate_inputs(wildcards):
@@ -130,6 +161,17 @@ def parent_folder(name):
 
 
 onstart:
+    if getattr(workflow.executor_plugin, "name", "") == "slurm":
+        from pipeline_src.slurm import preflight
+
+        misfits = preflight(workflow.dag.needrun_jobs())
+        if misfits:
+            raise WorkflowError(
+                "no node can hold these jobs; Slurm would leave them pending forever "
+                "(PartitionConfig):\n  " + "\n  ".join(misfits) + "\nLower their resources "
+                "(--set-resources RULE:cpus_per_task=N RULE:mem_mb=M; on the command line this "
+                "replaces the profile's whole set-resources map) or choose another partition."
+            )
     tracking.start_workflow_run(
         CFG.mlflow,
         CFG.data["run_name"],

@@ -23,14 +23,13 @@ rule era5_acquire:
         config_hash=CFG.section_hash("era5.source", "era5.years", "era5.hours", "era5.channels",
                                      "era5.grid_deg", "era5.synthetic", "era5.cds", "era5.arco"),
         cli=CLI,
-        config=EFFECTIVE_CONFIG,
         rule_name="era5_acquire",
     log:
         f"{LOGS}/era5/acquire/{{group}}_{{period}}.log",
     conda:
         "../../envs/era5.yaml"
     shell:
-        "{params.cli} era5 acquire --config {params.config} --rule {params.rule_name} "
+        "{params.cli} era5 acquire --config $DCHAG_CONFIG --rule {params.rule_name} "
         "--group {wildcards.group} --period {wildcards.period} --output {output} > {log} 2>&1"
 
 
@@ -45,7 +44,6 @@ rule era5_regrid:
         config_hash=CFG.section_hash("era5.regrid", "era5.channels", "era5.hours"),
         weights=f"{RESULTS}/era5/regrid_weights",
         cli=CLI,
-        config=EFFECTIVE_CONFIG,
         rule_name="era5_regrid",
     log:
         f"{LOGS}/era5/regrid/{{group}}_{{period}}.log",
@@ -56,7 +54,7 @@ rule era5_regrid:
     conda:
         "../../envs/era5.yaml"
     shell:
-        "{params.cli} era5 regrid --config {params.config} --rule {params.rule_name} "
+        "{params.cli} era5 regrid --config $DCHAG_CONFIG --rule {params.rule_name} "
         "--group {wildcards.group} --period {wildcards.period} --input {input} "
         "--output {output.data} --preview {output.preview} --weights-dir {params.weights} > {log} 2>&1"
 
@@ -73,7 +71,6 @@ rule era5_assemble:
         config_hash=CFG.section_hash("era5.assemble", "era5.channels", "era5.years", "era5.hours"),
         out=parent_folder("manifest"),
         cli=CLI,
-        config=EFFECTIVE_CONFIG,
         rule_name="era5_assemble",
     log:
         f"{LOGS}/era5/assemble.log",
@@ -84,5 +81,5 @@ rule era5_assemble:
     conda:
         "../../envs/era5.yaml"
     shell:
-        "{params.cli} era5 assemble --config {params.config} --rule {params.rule_name} "
+        "{params.cli} era5 assemble --config $DCHAG_CONFIG --rule {params.rule_name} "
         "--inputs {input} --output-dir {params.out} > {log} 2>&1"

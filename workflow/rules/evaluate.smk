@@ -16,7 +16,6 @@ rule evaluate:
         config_hash=CFG.section_hash("evaluate", "forecast"),
         launch=rank_launcher(EVAL_NPROC),
         out=parent_folder("metrics"),
-        config=EFFECTIVE_CONFIG,
         assembled=ASSEMBLED,
         tiles=HS_TILES,
         rule_name="evaluate",
@@ -26,10 +25,12 @@ rule evaluate:
     resources:
         mem_mb=4000,
         runtime=30,
+        mpi="srun",  # used under Slurm only: the job is not wrapped in an extra srun
+        tasks=EVAL_NPROC,
     conda:
         "../../envs/train.yaml"
     shell:
-        "{params.launch} evaluate variant --config {params.config} --rule {params.rule_name} "
+        "{params.launch} evaluate variant --config $DCHAG_CONFIG --rule {params.rule_name} "
         "--variant {wildcards.variant} --checkpoint {input.checkpoint} --assembled {params.assembled} "
         "--tiles {params.tiles} --output-dir {params.out} > {log} 2>&1"
 
@@ -44,17 +45,18 @@ rule evaluate_baselines:
         out=lambda wildcards, output: str(Path(output.climatology_metrics).parent.parent),
         assembled=lambda wildcards, input: str(Path(input[0]).parent),
         cli=CLI,
-        config=EFFECTIVE_CONFIG,
         rule_name="evaluate_baselines",
     log:
         f"{LOGS}/evaluate/baselines.log",
     resources:
         mem_mb=4000,
         runtime=30,
+        mpi="srun",  # used under Slurm only: the job is not wrapped in an extra srun
+        tasks=EVAL_NPROC,
     conda:
         "../../envs/train.yaml"
     shell:
-        "{params.cli} evaluate baselines --config {params.config} --rule {params.rule_name} "
+        "{params.cli} evaluate baselines --config $DCHAG_CONFIG --rule {params.rule_name} "
         "--assembled {params.assembled} --output-dir {params.out} > {log} 2>&1"
 
 
@@ -73,7 +75,6 @@ rule scorecard:
         config_hash=CFG.section_hash("evaluate"),
         out=parent_folder("markdown"),
         cli=CLI,
-        config=EFFECTIVE_CONFIG,
         train_dir=lambda wildcards, input: str(Path(input.training[0]).parent.parent),
         rule_name="scorecard",
     log:
@@ -81,5 +82,5 @@ rule scorecard:
     conda:
         "../../envs/train.yaml"
     shell:
-        "{params.cli} evaluate scorecard --config {params.config} --rule {params.rule_name} "
+        "{params.cli} evaluate scorecard --config $DCHAG_CONFIG --rule {params.rule_name} "
         "--evaluation {params.out} --train {params.train_dir} --output-dir {params.out} > {log} 2>&1"

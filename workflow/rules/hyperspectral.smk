@@ -21,13 +21,12 @@ rule hs_acquire:
         config_hash=CFG.section_hash("hyperspectral.synthetic"),
         out=parent_folder(0),
         cli=CLI,
-        config=EFFECTIVE_CONFIG,
     log:
         f"{LOGS}/hyperspectral/acquire/{{image}}.log",
     conda:
         "../../envs/hyperspectral.yaml"
     shell:
-        "{params.cli} hyperspectral acquire --config {params.config} --image {wildcards.image} "
+        "{params.cli} hyperspectral acquire --config $DCHAG_CONFIG --image {wildcards.image} "
         "--output-dir {params.out} > {log} 2>&1"
 
 
@@ -42,7 +41,6 @@ rule hs_preprocess:
     params:
         config_hash=CFG.section_hash("hyperspectral.bands", "hyperspectral.calibrate", "hyperspectral.mask"),
         cli=CLI,
-        config=EFFECTIVE_CONFIG,
         rule_name="hs_preprocess",
     log:
         f"{LOGS}/hyperspectral/preprocess/{{image}}.log",
@@ -51,7 +49,7 @@ rule hs_preprocess:
     conda:
         "../../envs/hyperspectral.yaml"
     shell:
-        "{params.cli} hyperspectral preprocess --config {params.config} --rule {params.rule_name} "
+        "{params.cli} hyperspectral preprocess --config $DCHAG_CONFIG --rule {params.rule_name} "
         "--image {wildcards.image} --raw {input.raw} --white {input.white} --dark {input.dark} "
         "--output {output.data} --summary {output.summary} --preview {output.preview} > {log} 2>&1"
 
@@ -68,7 +66,6 @@ rule hs_tiles:
         config_hash=CFG.section_hash("hyperspectral.tiles", "hyperspectral.splits"),
         out=parent_folder("stats"),
         cli=CLI,
-        config=EFFECTIVE_CONFIG,
         rule_name="hs_tiles",
     log:
         f"{LOGS}/hyperspectral/tiles.log",
@@ -77,6 +74,6 @@ rule hs_tiles:
     conda:
         "../../envs/hyperspectral.yaml"
     shell:
-        "{params.cli} hyperspectral tiles --config {params.config} --rule {params.rule_name} "
+        "{params.cli} hyperspectral tiles --config $DCHAG_CONFIG --rule {params.rule_name} "
         "--inputs {input.data} --summaries {input.summaries} --output-dir {params.out} "
         "--spectra {output.spectra} > {log} 2>&1"

@@ -23,7 +23,6 @@ rule train:
         config_hash=train_config_hash,
         launch=rank_launcher(TRAIN["nproc"]),
         run_dir=parent_folder("summary"),
-        config=EFFECTIVE_CONFIG,
         assembled=ASSEMBLED,
         tiles=HS_TILES,
         rule_name="train",
@@ -33,10 +32,12 @@ rule train:
     resources:
         mem_mb=4000,
         runtime=60,
+        mpi="srun",  # used under Slurm only: the job is not wrapped in an extra srun
+        tasks=TRAIN["nproc"],
     conda:
         "../../envs/train.yaml"
     shell:
         # Resumable checkpoints live in {params.run_dir}/checkpoints, which is deliberately
         # not an output: Snakemake deletes outputs before a rerun, which would defeat resuming.
-        "{params.launch} train --config {params.config} --rule {params.rule_name} --variant {wildcards.variant} "
+        "{params.launch} train --config $DCHAG_CONFIG --rule {params.rule_name} --variant {wildcards.variant} "
         "--output-dir {params.run_dir} --assembled {params.assembled} --tiles {params.tiles} > {log} 2>&1"

@@ -1,0 +1,121 @@
+"""`snakemake --profile slurm` on a real one-node Slurm cluster (tests/slurm/cluster.sh).
+
+Training of one variant runs through the generic profile with a 1-minute time limit: it must
+stop itself before the limit with a checkpoint, be resubmitted by --retries, resume, run on
+2 ranks, and end with the loss history of an uninterrupted run.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline_src.config import REPO_ROOT
+from tests.e2e.test_workflow import TINY
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
+CLUSTER = Path(__file__).with_name("cluster.sh")
+ENV = {"DCHAG_SLURM_ACCOUNT": "dchagtest", "DCHAG_SLURM_PARTITION": "cpu"}
+VARIANT = "forecast-dchag-L"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    missing = [b for b in ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd") if shutil.which(b) is None
+               and not Path("/usr/sbin", b).exists()]
+    if missing:
+        pytest.skip(f"Slurm is not installed here ({', '.join(missing)} missing; .ci/run installs Debian's "
+                    f"slurm-wlm munge slurmdbd mariadb-server)")
+    if os.geteuid() != 0:
+        pytest.skip("starting the Slurm daemons needs root")
+    proc = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    yield
+    subprocess.run(["scancel", "-u", "root"], capture_output=True, timeout=30)
+    subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, timeout=60)
+
+
+def _snakemake(wd: Path, *args, timeout=600, profile=True):
+    env = dict(os.environ, **ENV, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("SNAKEMAKE_PROFILE", None)
+    cmd = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "snakemake", *args, "-s",
+           str(REPO_ROOT / "Snakefile"), "-d", str(wd)]
+    if profile:
+        cmd += ["--profile", "slurm", "--slurm-init-seconds-before-status-checks", "5"]
+    else:
+        cmd += ["--cores", "2"]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+
+
+def _sacct(jobs: list[str]) -> list[dict]:
+    out = subprocess.run(["sacct", "-n", "-P", "-j", ",".join(jobs), "--format=JobID,State,ExitCode,NTasks"],
+                         capture_output=True, text=True, timeout=60).stdout
+    keys = ("job", "state", "exit", "ntasks")
+    return [dict(zip(keys, line.split("|"))) for line in out.splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, cluster):
+    wd = tmp_path_factory.mktemp("slurm")
+    cfg = dict(TINY, mlflow={"experiment": "slurm"})
+    cfg["train"] = dict(TINY["train"], steps=500, checkpoint_every=0, log_every=50, walltime_margin_s=25,
+                        variants=[{"name": VARIANT, "task": "forecast", "arch": "dchag-L"}])
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = _snakemake(wd, "era5_all", profile=False)  # the data stages locally: this test is about training
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return wd
+
+
+def test_training_chains_through_time_limits_on_two_ranks(workdir):
+    start = time.time()
+    proc = _snakemake(workdir, "train_all", "--set-resources", "train:cpus_per_task=1", "train:mem_mb=3000",
+                      "train:runtime=1")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    jobs = sorted({line.split("SLURM jobid ")[1].split()[0] for line in out.splitlines() if "SLURM jobid" in line})
+    rows = _sacct(jobs)
+    steps = [r for r in rows if r["job"].endswith(".0")]  # the srun step of each attempt
+    assert len(jobs) >= 2, out[-3000:]  # stopped at least once, resubmitted by --retries
+    assert all(r["ntasks"] == "2" for r in steps), rows
+    # earlier attempts stopped themselves (exit 3; srun --kill-on-bad-exit ends the peer rank with TERM)
+    assert all(r["exit"] in ("3:0", "0:15") for r in steps[:-1]) and steps[-1]["state"] == "COMPLETED", rows
+    summary = json.loads((workdir / "results/train" / VARIANT / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 500 and summary["resumed_from_step"] > 0
+    # the same run without interruption, locally under torchrun
+    config = next((workdir / "results/config").glob("effective-*.yaml"))
+    ref = workdir / "reference"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                    "pipeline_src.cli", "train", "--config", str(config), "--variant", VARIANT, "--output-dir",
+                    str(ref), "--assembled", str(workdir / "results/era5/assembled")], cwd=workdir, check=True,
+                   capture_output=True, timeout=300,
+                   env={**{k: v for k, v in os.environ.items() if k != "DCHAG_MLFLOW_RECORDS"},
+                        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    reference = json.loads((ref / "summary.json").read_text())
+    assert reference["resumed_from_step"] == 0
+    assert [h["loss"] for h in summary["history"]] == [h["loss"] for h in reference["history"]]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'results/mlflow/mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("slurm").experiment_id])
+    train = [r for r in runs if r.data.tags.get("rule") == "train"]
+    assert train and all(r.data.tags.get("slurm_job_id") in jobs for r in train)
+    assert any(r.info.status == "FINISHED" for r in train)
+    print(f"real Slurm training chain: {len(jobs)} jobs, {time.time() - start:.0f} s")
+
+
+def test_a_job_no_node_can_hold_fails_fast(workdir):
+    queued = subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout
+    start = time.time()
+    proc = _snakemake(workdir, "era5_all", "--forcerun", "era5_regrid", timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert time.time() - start < 60
+    assert "no node can hold these jobs" in out
+    assert "rule era5_regrid asks 1 node(s) with 4 CPUs (4 per task x 1 tasks) and 16000 MB each" in out
+    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == queued  # nothing submitted
