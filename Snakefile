@@ -1,6 +1,6 @@
 # D-CHAG pipeline. Plain `snakemake` runs the embedded default (profiles/default);
 # `snakemake --profile profiles/slurm` or `--profile profiles/frontier` submit to Slurm.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -8,7 +8,7 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# Validated once, against workflow/schemas/config.schema.yaml, in workflow/rules/common.smk.
 
 
 include: "workflow/rules/common.smk"

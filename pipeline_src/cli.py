@@ -231,6 +231,15 @@ def cmd_scorecard(args) -> None:
     log.info("scorecard of %d systems, %d difference rows", len(out["systems"]), out["differences"])
 
 
+def cmd_mlflow_sync(args) -> None:
+    """File every pending MLflow run record now (running trainings included)."""
+    from .tracking import sync_pending
+
+    cfg = config_mod.load(args.config)
+    n = sync_pending(cfg.mlflow, args.pending)
+    log.info("MLflow: filed %d run record(s) from %s", n, args.pending)
+
+
 def cmd_bench_era5(args) -> None:
     """Print regridding throughput per importable backend and the ERA5 stage wall times."""
     from .bench.era5 import main as bench_main
@@ -320,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     for e in ev.choices.values():
         e.add_argument("--config", default="config.yaml")
         e.add_argument("--rule", default=None)
+
+    ml = sub.add_parser("mlflow", help="MLflow store").add_subparsers(dest="action", required=True)
+    m = ml.add_parser("sync", help="file pending run records now (follow a running training in mlflow ui)")
+    m.add_argument("--config", default="config.yaml", help="for the mlflow section (tracking URI, experiment)")
+    m.add_argument("--pending", default="results/mlflow/pending", help="folder of pending run records")
+    m.set_defaults(func=cmd_mlflow_sync)
 
     b = sub.add_parser("bench", help="benchmarks (print measured ratios)").add_subparsers(dest="what", required=True)
     br = b.add_parser("era5", help="regrid throughput per backend and ERA5 stage wall times")

@@ -48,12 +48,50 @@ def validate_dict(raw: dict, source: str = "config") -> dict:
     # the filled-in defaults themselves against their sub-schemas.
     for _ in range(2):
         errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+        while errors and _coerce_strings(cfg, errors):  # `--config train='{steps: 400}'`
+            errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
         if errors:
             err = errors[0]
             where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
             raise ConfigError(source, f"{where}: {err.message}")
     _check_semantics(cfg, source)
     return cfg
+
+
+SCALAR_TYPES = {"integer": int, "number": (int, float), "boolean": bool}
+
+
+def _scalar(text: str):
+    """'400' -> 400, '2e-3' -> 0.002, 'false' -> False; None when it is none of these."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}.get(text.strip().lower())
+
+
+def _coerce_strings(cfg: dict, errors) -> bool:
+    """Turn strings such as '400' into the number or boolean the schema asks for (Snakemake's
+    --config passes nested values as strings); True if anything changed."""
+    changed = False
+    for err in errors:
+        wanted = err.validator_value if err.validator == "type" else None
+        wanted = [wanted] if isinstance(wanted, str) else list(wanted or [])
+        if not isinstance(err.instance, str) or not any(t in SCALAR_TYPES for t in wanted):
+            continue
+        value = _scalar(err.instance)
+        ok = any(isinstance(value, SCALAR_TYPES[t]) and not (t != "boolean" and isinstance(value, bool))
+                 for t in wanted if t in SCALAR_TYPES)
+        if not ok or not err.absolute_path:
+            continue
+        *parents, last = list(err.absolute_path)
+        target = cfg
+        for key in parents:
+            target = target[key]
+        target[last] = value
+        changed = True
+    return changed
 
 
 def _check_semantics(cfg: dict, source: str) -> None:

@@ -1,11 +1,11 @@
 """MLflow tracking: one parent run per workflow invocation, one child run per stage execution.
 
-Only rank 0 writes and nothing secret is logged. Inside a workflow, short stage jobs do
-not open the database: each writes a run record (JSON) and the Snakemake main process
-files them as child runs when the workflow ends. That keeps SQLite to one writer (it
-locks on parallel file systems), lets compute nodes without database access take part,
-and saves each job the ~4 s that importing MLflow and opening the store cost.
-Standalone calls (no workflow) and long jobs log to MLflow directly.
+Only rank 0 writes and nothing secret is logged. Inside a workflow, jobs (training included)
+do not open the database: each writes a run record (pipeline_src.records) and the Snakemake
+main process files them as child runs when the workflow ends; `dchag mlflow sync` files them
+at any time. That keeps SQLite to one writer (it locks on parallel file systems), lets
+compute nodes without database access take part, and saves each job the ~4 s that importing
+MLflow and opening the store cost. Standalone calls (no workflow) log to MLflow directly.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
-import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Iterator
 
+from .records import STATE_FILE, RunRecord, file_records
 from .secrets import redact
 
 log = logging.getLogger(__name__)
@@ -140,35 +139,31 @@ def _numeric(metrics: dict) -> dict[str, float]:
 
 
 class RecordedRun(StageRun):
-    """A run written to a JSON record, filed into MLflow later by `ingest_records`."""
+    """A run written to a record on disk (pipeline_src.records), filed into MLflow by sync."""
 
-    def __init__(self, folder: Path, name: str, tags: dict):
+    def __init__(self, folder: Path, name: str, tags: dict, key: str | None = None):
         super().__init__()
-        self.path = folder / f"{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.json"
-        self.record = {"name": name, "tags": dict(tags), "params": {}, "metrics": [],
-                       "artifacts": [], "start_ms": int(time.time() * 1000)}
+        self.record = RunRecord(folder, name, tags, key)
 
     def log_params(self, params: dict) -> None:
-        self.record["params"].update(flatten(redact(params)))
+        self.record.header["params"].update(flatten(redact(params)))
+        self.record.save()
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         now = int(time.time() * 1000)
-        self.record["metrics"] += [[k, v, now, step or 0] for k, v in _numeric(metrics).items()]
+        self.record.add_metrics([[k, v, now, step or 0] for k, v in _numeric(metrics).items()])
 
     def set_tags(self, tags: dict) -> None:
-        self.record["tags"].update({k: str(v) for k, v in tags.items()})
+        self.record.header["tags"].update({k: str(v) for k, v in tags.items()})
+        self.record.save()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.record["artifacts"].append([str(Path(path).resolve()), artifact_path])
+        self.record.header["artifacts"].append([str(Path(path).resolve()), artifact_path])
+        self.record.save()
 
     def finish(self, status: str) -> None:
-        """Write the record atomically with its final status."""
-        self.record["status"] = status
-        self.record["end_ms"] = int(time.time() * 1000)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.record, indent=1))
-        os.replace(tmp, self.path)
+        """Write the final status (FINISHED, FAILED, or KILLED for a resumable stop)."""
+        self.record.finish(status)
 
 
 def start_workflow_run(mlflow_cfg: dict, run_name: str, params: dict, tags: dict | None = None,
@@ -186,37 +181,21 @@ def start_workflow_run(mlflow_cfg: dict, run_name: str, params: dict, tags: dict
 
 
 def ingest_records(mlflow_cfg: dict, folder: str | Path, parent_run_id: str | None) -> int:
-    """File every run record in `folder` as a child run of the parent; return how many."""
+    """File the run records of one invocation's folder as child runs of its parent (incremental)."""
     folder = Path(folder)
-    records = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    if not records:
+    if not folder.is_dir() or not any(folder.glob("*.json")):
         return 0
-    from mlflow.entities import Metric, Param, RunTag
-
     client = _client(mlflow_cfg)
     exp = _experiment_id(client, mlflow_cfg["experiment"])
-    for path in records:
-        rec = json.loads(path.read_text())
-        tags = dict(rec["tags"])
-        if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(exp, run_name=rec["name"], tags=tags, start_time=rec["start_ms"])
-        rid = run.info.run_id
-        params = [Param(k, v) for k, v in rec["params"].items()]
-        for i in range(0, len(params), 100):
-            client.log_batch(rid, params=params[i:i + 100])
-        metrics = [Metric(k, v, ts, step) for k, v, ts, step in rec["metrics"]]
-        for i in range(0, len(metrics), 500):
-            client.log_batch(rid, metrics=metrics[i:i + 500])
-        for src, dest in rec["artifacts"]:
-            if Path(src).is_dir():
-                client.log_artifacts(rid, src, dest)
-            elif Path(src).exists():
-                client.log_artifact(rid, src, dest)
-        client.set_terminated(rid, rec.get("status", "FAILED"), end_time=rec.get("end_ms"))
-        path.unlink()
-    folder.rmdir()
-    return len(records)
+    return file_records(client, exp, folder, parent_run_id, folder.parent.parent / STATE_FILE)
+
+
+def sync_pending(mlflow_cfg: dict, pending_root: str | Path = "results/mlflow/pending") -> int:
+    """File every pending record of every invocation now (`dchag mlflow sync`): running
+    trainings appear in `mlflow ui` with their metrics so far."""
+    root = Path(pending_root)
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    return sum(ingest_records(mlflow_cfg, f, f.name) for f in folders)
 
 
 def end_workflow_run(mlflow_cfg: dict, ok: bool) -> None:
@@ -229,10 +208,19 @@ def end_workflow_run(mlflow_cfg: dict, ok: bool) -> None:
     _client(mlflow_cfg).set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
+def _status(exc: BaseException) -> str:
+    """KILLED for a stop that a later attempt resumes (exceptions say so), FAILED otherwise."""
+    return getattr(exc, "mlflow_status", "FAILED")
+
+
 @contextlib.contextmanager
 def stage_run(mlflow_cfg: dict, stage: str, rule: str | None = None,
-              params: dict | None = None) -> Iterator[StageRun]:
-    """A child run of the workflow's parent run (or a standalone run) for one stage execution."""
+              params: dict | None = None, key: str | None = None) -> Iterator[StageRun]:
+    """A child run of the workflow's parent run (or a standalone run) for one stage execution.
+
+    With a `key`, a later attempt of the same work (a training resumed after its time limit)
+    continues the same record, so it stays one MLflow run with one metric history.
+    """
     if not mlflow_cfg.get("enabled", True) or not is_rank_zero():
         yield StageRun()
         return
@@ -241,12 +229,15 @@ def stage_run(mlflow_cfg: dict, stage: str, rule: str | None = None,
         tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     records = os.environ.get(RECORDS_ENV)
     if records:
-        handle = RecordedRun(Path(records), rule or stage, tags)
+        handle = RecordedRun(Path(records), rule or stage, tags, key)
+        jobs = [j for j in handle.record.header["tags"].get("slurm_job_ids", "").split(",") if j]
+        if tags.get("slurm_job_id") and tags["slurm_job_id"] not in jobs:
+            handle.set_tags({"slurm_job_ids": ",".join(jobs + [tags["slurm_job_id"]])})
         handle.log_params({**(params or {}), **package_versions()})
         try:
             yield handle
-        except BaseException:
-            handle.finish("FAILED")
+        except BaseException as exc:
+            handle.finish(_status(exc))
             raise
         handle.finish("FINISHED")
         return
@@ -260,7 +251,7 @@ def stage_run(mlflow_cfg: dict, stage: str, rule: str | None = None,
     handle.log_params({**(params or {}), **package_versions()})
     try:
         yield handle
-    except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
+    except BaseException as exc:
+        client.set_terminated(run.info.run_id, _status(exc))
         raise
     client.set_terminated(run.info.run_id, "FINISHED")

@@ -57,3 +57,17 @@ def test_shipped_config_is_valid():
     cfg = config.load(config.REPO_ROOT / "config.yaml")
     assert cfg.era5["source"] == "synthetic"
     assert [c.name for c in cfg.channels][-2:] == ["lsm", "orography"]
+
+
+def test_nested_command_line_values_become_numbers():
+    """Snakemake's --config train='{steps: 400}' arrives as strings; the schema's types win."""
+
+    raw = {**SMALL, "train": {"steps": "400", "lr": "2e-3", "micro_batch": "8"},
+           "evaluate": {"bootstrap": {"level": "0.9"}}, "mlflow": {"enabled": "false"}}
+    cfg = config.validate_dict(raw)
+    assert cfg["train"]["steps"] == 400 and cfg["train"]["lr"] == 0.002 and cfg["train"]["micro_batch"] == 8
+    assert cfg["evaluate"]["bootstrap"]["level"] == 0.9 and cfg["mlflow"]["enabled"] is False
+    with pytest.raises(ConfigError, match="train.steps: 'many' is not of type 'integer'"):
+        config.validate_dict({**SMALL, "train": {"steps": "many"}})
+    with pytest.raises(ConfigError, match="train.steps: '4.5' is not of type 'integer'"):
+        config.validate_dict({**SMALL, "train": {"steps": "4.5"}})

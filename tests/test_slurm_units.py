@@ -53,3 +53,14 @@ def test_world_check_names_the_launcher_variable():
         check_world(launch_env(torchrun), 2, "train.nproc", torchrun)
     check_world(launch_env(torchrun), 4, "train.nproc", torchrun)
     check_world(env, None, "train.nproc", {})
+
+
+def test_rocm_environment_defaults_leave_user_settings_alone():
+    from pipeline_src.parallel.hpc_env import ROCM_NETWORK, apply_rocm_defaults, rocm_defaults
+
+    env = {"USER": "ana", "SLURM_JOB_ID": "77", "NCCL_SOCKET_IFNAME": "hsn1"}
+    added = rocm_defaults(3, env)
+    assert "NCCL_SOCKET_IFNAME" not in added  # the user's choice stays
+    assert added["MIOPEN_USER_DB_PATH"] == added["MIOPEN_CUSTOM_CACHE_DIR"] == "/tmp/miopen-ana-77-3"
+    assert set(ROCM_NETWORK) - set(added) == {"NCCL_SOCKET_IFNAME"}
+    assert apply_rocm_defaults(0) == {}  # this torch is a CPU build: nothing is set

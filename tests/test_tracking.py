@@ -1,5 +1,6 @@
 """MLflow: deferred run records filed as child runs, redaction, standalone runs."""
 
+import json
 import os
 
 import pytest
@@ -64,3 +65,41 @@ def test_standalone_run_and_non_zero_rank(mlcfg, monkeypatch):
     (r,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
     assert r.info.status == "FINISHED" and r.data.metrics == {"x": 1.0}
     assert "mlflow.parentRunId" not in r.data.tags
+
+
+class _Stopped(Exception):
+    mlflow_status = "KILLED"
+
+
+def test_keyed_record_resumes_and_syncs_while_running(tmp_path, mlcfg, monkeypatch):
+    """A run stopped and resumed under one key is one MLflow run with one metric history,
+    visible (with its metrics so far) after `dchag mlflow sync` while it is still going."""
+    for var in (tracking.PARENT_ENV, tracking.RECORDS_ENV, "RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    pending = tmp_path / "mlflow" / "pending"
+    parent = tracking.start_workflow_run(mlcfg, "wf", {}, records_root=pending)
+    monkeypatch.setenv("SLURM_JOB_ID", "11")
+    with pytest.raises(_Stopped):
+        with tracking.stage_run(mlcfg, "train", "train", {"lr": 1}, key="train-a-k") as run:
+            for step in (1, 2, 3):
+                run.log_metrics({"loss": 1.0 / step}, step=step)
+            raise _Stopped()
+    assert tracking.sync_pending(mlcfg, pending) == 1
+    client = MlflowClient(mlcfg["tracking_uri"])
+    exp = client.get_experiment_by_name("t").experiment_id
+    (train,) = [r for r in client.search_runs([exp]) if r.info.run_name == "train"]
+    assert train.info.status == "KILLED" and train.data.tags["mlflow.parentRunId"] == parent
+    assert [m.step for m in client.get_metric_history(train.info.run_id, "loss")] == [1, 2, 3]
+    monkeypatch.setenv("SLURM_JOB_ID", "12")
+    with tracking.stage_run(mlcfg, "train", "train", {"lr": 1}, key="train-a-k") as run:
+        run.log_metrics({"loss": 0.2}, step=4)
+        assert tracking.sync_pending(mlcfg, pending) == 1  # mid-run: RUNNING, 4 points
+        assert client.get_run(train.info.run_id).info.status == "RUNNING"
+        run.log_metrics({"loss": 0.1}, step=5)
+    tracking.end_workflow_run(mlcfg, ok=True)
+    runs = [r for r in client.search_runs([exp]) if r.info.run_name == "train"]
+    assert [r.info.run_id for r in runs] == [train.info.run_id]
+    done = client.get_run(train.info.run_id)
+    assert done.info.status == "FINISHED" and done.data.tags["slurm_job_ids"] == "11,12"
+    assert [m.step for m in client.get_metric_history(train.info.run_id, "loss")] == [1, 2, 3, 4, 5]
+    assert not (pending / parent).exists() and json.loads((tmp_path / "mlflow" / "synced.json").read_text()) == {}

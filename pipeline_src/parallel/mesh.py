@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from ..io import ConfigError
+from .hpc_env import apply_rocm_defaults
 
 MESH_DIMS = ("dp", "fsdp", "tp")
 
@@ -96,6 +97,8 @@ def init_distributed(env: LaunchEnv, device: torch.device, timeout_s: float = 60
     backend = "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
     if dist.is_initialized():
         return dist.get_backend()
+    if device.type == "cuda":
+        apply_rocm_defaults(env.rank)  # Frontier: RCCL/libfabric, MIOpen caches (ROCm builds only)
     os.environ.setdefault("MASTER_ADDR", env.master_addr)
     os.environ.setdefault("MASTER_PORT", str(env.master_port))
     dist.init_process_group(backend, rank=env.rank, world_size=env.world_size,

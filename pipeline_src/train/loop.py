@@ -86,7 +86,9 @@ class TrainJob:
 
 
 class Preempted(Exception):
-    """Training stopped on SIGTERM/SIGUSR1 after saving a checkpoint; rerun to resume."""
+    """Training stopped on SIGTERM/SIGUSR1 or near its time limit after saving a checkpoint; rerun to resume."""
+
+    mlflow_status = "KILLED"  # the MLflow run stays open for the attempt that resumes it
 
 
 def _open_data(job: TrainJob):
@@ -232,15 +234,16 @@ def run_training(job: TrainJob, on_step: Callable[[int, float], None] | None = N
     params = {"variant": job.name, "task": job.task, **{f"model.{k}": v for k, v in spec.to_dict().items()
                                                        if k != "channel_names"},
               **{f"train.{k}": v for k, v in vars(s).items()}, "world_size": env.world_size,
-              "launcher": env.launcher, "device": device.type, "parameters": total_params,
-              "resumed_from_step": start}
+              "launcher": env.launcher, "device": device.type, "parameters": total_params}
     end = job_end_time() if is_main() else None
     deadline = end - s.walltime_margin_s if end is not None else None
     if deadline is not None:
         log.info("%s: Slurm time limit in %.0f s; stopping with a checkpoint %.0f s before it",
                  job.name, end - time.time(), s.walltime_margin_s)
-    with tracking.stage_run(job.mlflow, "train", job.rule or f"train_{job.name}", params) as run, \
-            _StopFlag(deadline) as stop:
+    # keyed by the run fingerprint: an attempt that resumes this run continues its MLflow run
+    with tracking.stage_run(job.mlflow, "train", job.rule or f"train_{job.name}", params,
+                            key=f"train-{job.name}-{run_key}") as run, _StopFlag(deadline) as stop:
+        run.set_tags({"resumed_from_step": start, "train_run_key": run_key})
         progress = _progress(is_main(), start, s.steps, job.name)
         t_last, samples_since = time.perf_counter(), 0
         for step in range(start, s.steps):

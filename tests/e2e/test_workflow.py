@@ -244,3 +244,65 @@ def test_cluster_profiles_dry_run_from_repo_root(profile, tmp_path):
         assert "slurm_partition=batch" in out and "constraint=nvme" in out and "cpus_per_task=56" in out
     else:
         assert "slurm_partition=cpu" in out
+
+
+def _frontier_dry_run(tmp_path):
+    cfg = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
+    cfg["train"].update(nproc=8)  # one full node: 8 GCDs (tp 2 x dp 4)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, DCHAG_SLURM_ACCOUNT="abc123")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "frontier", "-n", "--forceall",
+                           "-s", str(REPO_ROOT / "Snakefile"), "-d", str(tmp_path)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def _jobs(out: str, rule: str) -> list[tuple[dict, str]]:
+    """(resources, shell command) of every job of `rule` in a dry run's output."""
+    found = []
+    for block in out.split(f"\nrule {rule}:")[1:]:
+        lines = block.split("\n\n")[0].splitlines()
+        res = next(ln for ln in lines if ln.strip().startswith("resources:")).split("resources:", 1)[1]
+        resources = {}
+        for item in res.split(", "):
+            key, _, value = item.strip().partition("=")
+            resources[key] = int(value) if value.isdigit() else value
+        shell = next(ln for ln in lines if ln.startswith("Shell command:")).split(":", 1)[1].strip()
+        found.append((resources, shell))
+    return found
+
+
+def test_frontier_dry_run_sbatch_and_srun_lines(tmp_path):
+    """The sbatch line the Slurm plugin builds from the train job's resources, and the srun line."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+
+    out = _frontier_dry_run(tmp_path)
+    for rule in ("train", "evaluate"):
+        for resources, shell in _jobs(out, rule):
+            job = SimpleNamespace(resources=SimpleNamespace(**resources, get=resources.get), threads=7)
+            sbatch = get_submit_command(job, {"run_uuid": "RUN", "slurm_logfile": "LOG", "comment_str": rule,
+                                              "account": f"-A {resources['slurm_account']}",
+                                              "partition": f"-p {resources['slurm_partition']}", "workdir": None})
+            print(f"{rule}: {sbatch}\n{rule}: {shell.split(' --config')[0]}")
+            assert "-A abc123 -p batch" in sbatch and "-C nvme" in sbatch and "--nodes=1" in sbatch
+            assert "--ntasks=8" in sbatch and "--cpus-per-task=7" in sbatch
+            assert shell.startswith("OMP_NUM_THREADS=7 MKL_NUM_THREADS=7 OPENBLAS_NUM_THREADS=7 srun "
+                                    "--gpus-per-task=1 --gpu-bind=closest -n 8 -c 7 --kill-on-bad-exit=1 ")
+            if rule == "train":
+                assert "-t 120" in sbatch and "--signal=USR1@300" in sbatch
+    assert "slurm_partition=batch" in out and "cpus_per_task=56" in out
+
+
+def test_a_dry_run_with_another_config_leaves_live_jobs_config_alone(workflow_run):
+    wd, _ = workflow_run
+    before = {p.name: p.read_text() for p in (wd / "results/config").glob("effective-*.yaml")}
+    assert len(before) == 1
+    proc = snakemake(wd, "-n", "--config", "train={steps: 7}")
+    assert proc.returncode == 0
+    after = {p.name: p.read_text() for p in (wd / "results/config").glob("effective-*.yaml")}
+    assert {k: after[k] for k in before} == before  # the file running jobs read is untouched
+    (new,) = set(after) - set(before)
+    assert yaml.safe_load(after[new])["train"]["steps"] == 7

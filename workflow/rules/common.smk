@@ -45,6 +45,7 @@ EVAL = CFG.data["evaluate"]
 EVAL_DIR = f"{RESULTS}/evaluation"
 EVAL_NPROC = EVAL["nproc"] or TRAIN["nproc"]
 BASELINES = ("climatology", "persistence")
+HPC_MODULES = CFG.data["hpc"]["modules"]  # loaded for train/evaluate with --use-envmodules
 FORECASTERS = [n for n, v in TRAIN_VARIANTS.items() if v["task"] == "forecast"]
 
 ERA5_PIECES = [(g, str(y)) for g in ("pressure", "single") if g in CFG.required for y in CFG.all_years]
@@ -126,7 +127,9 @@ def rank_launcher(nproc):
         choice = TRAIN["launcher"]
         if choice == "srun" or (choice == "auto" and on_cluster(resources)):
             cpus = int(resources.get("cpus_per_task", 0) or 0) or 1
-            return (f"{rank_threads(cpus)} {resources.get('mpi', 'srun')} -n {nproc} -c {cpus} "
+            if nproc == 1:  # not an MPI job: the job step already runs it as one Slurm task
+                return f"{rank_threads(cpus)} {PYTHON} -m pipeline_src.cli"
+            return (f"{rank_threads(cpus)} {resources.get('mpi') or 'srun'} -n {nproc} -c {cpus} "
                     f"--kill-on-bad-exit=1 {PYTHON} -m pipeline_src.cli")
         return (f"{rank_threads(max(1, threads // nproc))} {PYTHON} -m torch.distributed.run --standalone "
                 f"--nproc-per-node {nproc} -m pipeline_src.cli")
@@ -137,6 +140,12 @@ def rank_launcher(nproc):
 def rank_threads(n):
     """Environment assignments giving each rank n CPU threads (OpenMP and the BLAS libraries)."""
     return f"OMP_NUM_THREADS={n} MKL_NUM_THREADS={n} OPENBLAS_NUM_THREADS={n}"
+
+
+def mpi_resource(nproc):
+    """resources.mpi of a rank-launching rule: srun for several ranks (the Slurm executor then
+    leaves the launch to the rule), empty for one (the plugin refuses one-task MPI jobs)."""
+    return "srun" if nproc > 1 else ""
 
 
 def evaluate_inputs(wildcards):

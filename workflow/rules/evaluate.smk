@@ -25,10 +25,12 @@ rule evaluate:
     resources:
         mem_mb=4000,
         runtime=30,
-        mpi="srun",  # used under Slurm only: the job is not wrapped in an extra srun
+        mpi=mpi_resource(EVAL_NPROC),  # under Slurm only: the rule launches its ranks itself
         tasks=EVAL_NPROC,
     conda:
         "../../envs/train.yaml"
+    envmodules:
+        *HPC_MODULES,
     shell:
         "{params.launch} evaluate variant --config $DCHAG_CONFIG --rule {params.rule_name} "
         "--variant {wildcards.variant} --checkpoint {input.checkpoint} --assembled {params.assembled} "
@@ -51,8 +53,6 @@ rule evaluate_baselines:
     resources:
         mem_mb=4000,
         runtime=30,
-        mpi="srun",  # used under Slurm only: the job is not wrapped in an extra srun
-        tasks=EVAL_NPROC,
     conda:
         "../../envs/train.yaml"
     shell:

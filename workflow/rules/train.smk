@@ -32,10 +32,12 @@ rule train:
     resources:
         mem_mb=4000,
         runtime=60,
-        mpi="srun",  # used under Slurm only: the job is not wrapped in an extra srun
+        mpi=mpi_resource(TRAIN["nproc"]),  # under Slurm only: the rule launches its ranks itself
         tasks=TRAIN["nproc"],
     conda:
         "../../envs/train.yaml"
+    envmodules:
+        *HPC_MODULES,
     shell:
         # Resumable checkpoints live in {params.run_dir}/checkpoints, which is deliberately
         # not an output: Snakemake deletes outputs before a rerun, which would defeat resuming.
