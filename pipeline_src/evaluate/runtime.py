@@ -12,6 +12,7 @@ from ..io import ConfigError
 from ..model.build import ModelSpec, build_model
 from ..parallel import checkpoint as ckpt
 from ..parallel.mesh import build_mesh, check_world, init_distributed, launch_env, pick_device, resolve_mesh
+from ..parallel.materialize import materialize
 from ..parallel.plans import data_parallel_rank, parallelize
 
 
@@ -31,8 +32,10 @@ def start(tp: int, fsdp: int, dp: int | str, expected_world: int | None = None):
 
 def load_parallel(path: str | Path, spec: ModelSpec, mesh, device) -> torch.nn.Module:
     """The checkpoint's model parallelized on `mesh` (DCP reshards from the training mesh), in eval mode."""
-    model = build_model(spec).to(device)
+    with torch.device("meta"):
+        model = build_model(spec, seed=None)
     parallelize(model, mesh)
+    materialize(model, device, seed=None)  # every value comes from the checkpoint
     ckpt.load_checkpoint(path, model, None, spec_dict=spec.to_dict(), fingerprint=spec.fingerprint())
     return model.eval()
 

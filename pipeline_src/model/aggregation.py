@@ -52,7 +52,10 @@ class CrossAttentionPool(nn.Module):
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
-        nn.init.trunc_normal_(self.query, std=0.02)
+
+    def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
+        """A small random query."""
+        nn.init.trunc_normal_(tensor, std=0.02, generator=generator)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         b, n, length, _ = tokens.shape
@@ -72,8 +75,12 @@ class LinearChannelMix(nn.Module):
 
     def __init__(self, n_in: int, dim: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.full((n_in,), 1.0 / n_in))
-        self.bias = nn.Parameter(torch.zeros(dim))
+        self.weight = nn.Parameter(torch.empty(n_in))
+        self.bias = nn.Parameter(torch.empty(dim))
+
+    def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
+        """Start as the plain mean over the channels, no bias."""
+        tensor.fill_(1.0 / tensor.numel()) if name == "weight" else tensor.zero_()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bnld,n->bld", tokens, self.weight) + self.bias
@@ -93,39 +100,51 @@ class PartialAggregator(nn.Module):
     """Reduce one partition's N channel tokens to one per patch through a tree of levels.
 
     tree=[] is "Tree0" (N -> 1); tree=[4] aggregates 4 contiguous groups first (N -> 4 -> 1).
-    kind "linear" uses LinearChannelMix at every node, "attention" CrossAttentionPool.
+    kind "linear" uses a LinearChannelMix per tree node. kind "attention" uses one
+    CrossAttentionPool for every node of every level (shared=True, as the D-CHAG authors
+    do: the tree then costs no extra weights) or a private pool per node (shared=False).
     """
 
-    def __init__(self, n_channels: int, kind: str, tree: Sequence[int], dim: int, heads: int):
+    def __init__(self, n_channels: int, kind: str, tree: Sequence[int], dim: int, heads: int,
+                 shared: bool = True):
         super().__init__()
+        if kind not in ("linear", "attention"):
+            raise ValueError(f"unknown partial aggregator kind {kind!r}")
         sizes = tree_sizes(n_channels, tree)
+        self.group_sizes = [split_sizes(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+        self.pool = CrossAttentionPool(dim, heads) if kind == "attention" and shared else None
         self.levels = nn.ModuleList()
-        self.group_sizes: list[list[int]] = []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-            groups = split_sizes(n_in, n_out)
-            self.group_sizes.append(groups)
-            if kind == "linear":
-                nodes = [LinearChannelMix(g, dim) for g in groups]
-            elif kind == "attention":
-                nodes = [CrossAttentionPool(dim, heads) for _ in groups]
-            else:
-                raise ValueError(f"unknown partial aggregator kind {kind!r}")
-            self.levels.append(nn.ModuleList(nodes))
+        if self.pool is None:
+            for groups in self.group_sizes:
+                nodes = [LinearChannelMix(g, dim) if kind == "linear" else CrossAttentionPool(dim, heads)
+                         for g in groups]
+                self.levels.append(nn.ModuleList(nodes))
+
+    def _shared_level(self, tokens: torch.Tensor, groups: list[int]) -> torch.Tensor:
+        if len(set(groups)) == 1:  # equal groups: one batched call
+            b, _, length, dim = tokens.shape
+            pooled = self.pool(tokens.reshape(b * len(groups), groups[0], length, dim))
+            return pooled.reshape(b, len(groups), length, dim)
+        return torch.stack([self.pool(part) for part in torch.split(tokens, groups, dim=1)], dim=1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        for groups, nodes in zip(self.group_sizes, self.levels):
-            parts = torch.split(tokens, groups, dim=1)
-            tokens = torch.stack([node(part) for node, part in zip(nodes, parts)], dim=1)
+        for level, groups in enumerate(self.group_sizes):
+            if self.pool is not None:
+                tokens = self._shared_level(tokens, groups)
+            else:
+                parts = torch.split(tokens, groups, dim=1)
+                tokens = torch.stack([node(part) for node, part in zip(self.levels[level], parts)], dim=1)
         return tokens[:, 0]
 
 
 class PartitionEncoder(nn.Module):
     """Tokenize one channel slice and aggregate it to one token per patch: (B, c, H, W) -> (B, L, D)."""
 
-    def __init__(self, channels: int, patch: int, dim: int, kind: str, tree: Sequence[int], heads: int):
+    def __init__(self, channels: int, patch: int, dim: int, kind: str, tree: Sequence[int], heads: int,
+                 shared_pool: bool = True):
         super().__init__()
         self.tokenizer = ChannelTokenizer(channels, patch, dim)
-        self.aggregate = PartialAggregator(channels, kind, tree, dim, heads)
+        self.aggregate = PartialAggregator(channels, kind, tree, dim, heads, shared_pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.aggregate(self.tokenizer(x))
@@ -156,21 +175,24 @@ class DCHAGFrontEnd(nn.Module):
     """
 
     def __init__(self, channels: int, partitions: int, patch: int, dim: int, heads: int,
-                 kind: str, tree: Sequence[int]):
+                 kind: str, tree: Sequence[int], shared_pool: bool = True):
         super().__init__()
         if not 1 <= partitions <= channels:
             raise ValueError(f"{partitions} partitions for {channels} channels: need 1..{channels}")
         self.num_partitions = partitions
         self.bounds = partition_bounds(channels, partitions)
         self.partitions = nn.ModuleDict({
-            str(i): PartitionEncoder(stop - start, patch, dim, kind, tree, heads)
+            str(i): PartitionEncoder(stop - start, patch, dim, kind, tree, heads, shared_pool)
             for i, (start, stop) in enumerate(self.bounds)
         })
         self.partition_embed = nn.Parameter(torch.empty(partitions, dim))
-        nn.init.trunc_normal_(self.partition_embed, std=0.02)
         self.final = CrossAttentionPool(dim, heads)
         self.local_partitions: list[int] = list(range(partitions))
         self.join: Callable[[torch.Tensor], torch.Tensor] = _identity
+
+    def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
+        """Small random partition embeddings."""
+        nn.init.trunc_normal_(tensor, std=0.02, generator=generator)
 
     def keep_partitions(self, indices: Sequence[int]) -> None:
         """Drop every partition encoder except `indices` (this rank's slice of the channels)."""

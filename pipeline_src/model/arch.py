@@ -19,11 +19,16 @@ class Forecaster(nn.Module):
                  mlp_ratio: float, outputs: int, patch: int, lead_scale_days: float = 30.0):
         super().__init__()
         self.front = front
-        self.pos_embed = nn.Parameter(sincos_2d(dim, grid)[None])
+        self.grid = grid
+        self.pos_embed = nn.Parameter(torch.empty(1, grid[0] * grid[1], dim))
         self.lead_embed = nn.Linear(1, dim)
         self.lead_scale_days = lead_scale_days
         self.backbone = Backbone(dim, depth, heads, mlp_ratio)
         self.head = ForecastHead(dim, outputs, patch, grid)
+
+    def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
+        """Position embeddings start as the fixed 2-D sine-cosine codes."""
+        tensor.copy_(sincos_2d(tensor.shape[-1], self.grid)[None])
 
     def forward(self, x: torch.Tensor, lead_days: torch.Tensor) -> torch.Tensor:
         tokens = self.front(x) + self.pos_embed
@@ -42,10 +47,15 @@ class MaskedAutoencoder(nn.Module):
                  mlp_ratio: float, channels: int, patch: int, decoder_depth: int):
         super().__init__()
         self.front = front
-        self.pos_embed = nn.Parameter(sincos_2d(dim, grid)[None])
+        self.grid = grid
+        self.pos_embed = nn.Parameter(torch.empty(1, grid[0] * grid[1], dim))
         self.backbone = Backbone(dim, depth, heads, mlp_ratio)
         self.decoder = MAEDecoder(dim, decoder_depth, heads, mlp_ratio, channels, patch,
                                   grid[0] * grid[1])
+
+    def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
+        """Position embeddings start as the fixed 2-D sine-cosine codes."""
+        tensor.copy_(sincos_2d(tensor.shape[-1], self.grid)[None])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         tokens = self.front(x) + self.pos_embed

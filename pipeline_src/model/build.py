@@ -11,9 +11,10 @@ from torch import nn
 
 from .aggregation import BaselineFrontEnd, DCHAGFrontEnd, partition_bounds, tree_sizes
 from .arch import Forecaster, MaskedAutoencoder
-from .vit import init_linears
+from .init import init_weights
 
 ARCHS = ("tp-baseline", "dchag-L", "dchag-C")
+POOL_SHARING = ("partition", "node")
 TASKS = ("forecast", "mae")
 PARTIAL_KIND = {"dchag-L": "linear", "dchag-C": "attention"}
 
@@ -36,6 +37,7 @@ class ModelSpec:
     tree: tuple[int, ...] = ()
     outputs: int = 0
     decoder_depth: int = 1
+    pool_sharing: str = "partition"  # dchag-C trees: one pool per partition, or one per tree node ("node")
     channel_names: tuple[str, ...] = field(default=())
 
     @property
@@ -66,6 +68,8 @@ def check_spec(spec: ModelSpec) -> None:
     """Raise ValueError naming the problem if the spec cannot be built."""
     if spec.arch not in ARCHS:
         raise ValueError(f"unknown architecture {spec.arch!r}; choose one of {', '.join(ARCHS)}")
+    if spec.pool_sharing not in POOL_SHARING:
+        raise ValueError(f"unknown pool_sharing {spec.pool_sharing!r}; choose one of {', '.join(POOL_SHARING)}")
     if spec.task not in TASKS:
         raise ValueError(f"unknown task {spec.task!r}; choose one of {', '.join(TASKS)}")
     h, w = spec.image
@@ -86,21 +90,24 @@ def check_spec(spec: ModelSpec) -> None:
             tree_sizes(stop - start, spec.tree)
 
 
-def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
-    """Construct (and, with a seed, deterministically initialise) the model for a spec."""
+def build_model(spec: ModelSpec, seed: int | None = 0) -> nn.Module:
+    """Construct the model for a spec; with a seed, initialise it (name-seeded, see model.init).
+
+    Under `with torch.device("meta"):` and seed=None this allocates nothing: the
+    distributed path builds that way, cuts the model, then materialises its own share.
+    """
     check_spec(spec)
-    if seed is not None:
-        torch.manual_seed(seed)
     if spec.arch == "tp-baseline":
         front = BaselineFrontEnd(spec.channels, spec.patch, spec.dim, spec.agg_heads)
     else:
         front = DCHAGFrontEnd(spec.channels, spec.partitions, spec.patch, spec.dim, spec.agg_heads,
-                              PARTIAL_KIND[spec.arch], spec.tree)
+                              PARTIAL_KIND[spec.arch], spec.tree, spec.pool_sharing == "partition")
     if spec.task == "forecast":
         model = Forecaster(front, spec.grid, spec.dim, spec.depth, spec.heads, spec.mlp_ratio,
                            spec.outputs, spec.patch)
     else:
         model = MaskedAutoencoder(front, spec.grid, spec.dim, spec.depth, spec.heads,
                                   spec.mlp_ratio, spec.channels, spec.patch, spec.decoder_depth)
-    init_linears(model)
+    if seed is not None:
+        init_weights(model, seed)
     return model

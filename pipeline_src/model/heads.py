@@ -37,8 +37,10 @@ class MAEDecoder(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, dim))
         self.blocks = Backbone(dim, depth, heads, mlp_ratio)
         self.linear = nn.Linear(dim, channels * patch * patch)
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
+        """Small random mask token and learned decoder position embeddings."""
+        nn.init.trunc_normal_(tensor, std=0.02, generator=generator)
 
     def forward(self, visible: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, length = mask.shape

@@ -34,12 +34,13 @@ class ChannelTokenizer(nn.Module):
         self.patch = patch
         self.weight = nn.Parameter(torch.empty(channels, patch * patch, dim))
         self.channel_embed = nn.Parameter(torch.empty(channels, dim))
-        self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
         """Fan-in scaled projection, small channel embeddings."""
-        nn.init.normal_(self.weight, std=(self.patch * self.patch) ** -0.5)
-        nn.init.trunc_normal_(self.channel_embed, std=0.02)
+        if name == "weight":
+            nn.init.normal_(tensor, std=(self.patch * self.patch) ** -0.5, generator=generator)
+        else:
+            nn.init.trunc_normal_(tensor, std=0.02, generator=generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         patches = patchify(x, self.patch)

@@ -89,18 +89,6 @@ def sincos_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
     return torch.cat(parts, dim=1).float()
 
 
-def init_linears(module: nn.Module) -> None:
-    """Truncated-normal (std 0.02) Linear weights, zero biases, unit LayerNorms."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 def num_params(module: nn.Module) -> int:
     """Number of parameters (elements) in a module."""
     return sum(math.prod(p.shape) for p in module.parameters())

@@ -90,10 +90,13 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer=None, *, spec_
     check_architecture(path, meta, spec_dict, fingerprint)
     if optimizer is not None and meta.get("has_optimizer"):
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
+        # Only the per-parameter state (keyed by parameter name) is read back: how parameters
+        # are grouped depends on the mesh (foreach groups DTensors apart), and the groups'
+        # settings come from the config, which the run fingerprint keeps equal.
+        state = {"model": model_sd, "optim": {"state": optim_sd["state"]}}
         dcp.load(state, checkpoint_id=str(path))
-        set_state_dict(model, optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
+        optim_sd["state"] = state["optim"]["state"]
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=optim_sd)
     else:
         state = {"model": get_model_state_dict(model)}
         dcp.load(state, checkpoint_id=str(path))

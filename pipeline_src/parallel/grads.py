@@ -27,6 +27,32 @@ def _local_square_sum(grad) -> tuple[torch.Tensor, tuple, tuple[int, ...]]:
     return grad.float().pow(2).sum(), None, ()
 
 
+def reduce_partial_grads(par: Parallelized) -> int:
+    """All-reduce the pending partial sums of replicated weights' gradients, one bucket per mesh.
+
+    Under sequence parallelism the norms see only their rank's tokens, so their weight
+    gradients come out of backward as Partial DTensors (FSDP2 reduces these itself; plain
+    TP does not). Megatron sums them in one bucket after backward; so does this. Returns
+    the number of gradients reduced.
+    """
+    buckets: dict[tuple, list] = defaultdict(list)
+    for param in par.model.parameters():
+        grad = param.grad
+        if isinstance(grad, DTensor) and any(p.is_partial() for p in grad.placements):
+            buckets[(grad.device_mesh, grad.placements)].append(param)
+    for (mesh, placements), params in buckets.items():
+        locals_ = [p.grad.to_local() for p in params]
+        flat = torch.cat([t.reshape(-1) for t in locals_])
+        for dim, placement in enumerate(placements):
+            if placement.is_partial():
+                dist.all_reduce(flat, group=mesh.get_group(dim))
+        done = [Replicate() if p.is_partial() else p for p in placements]
+        for param, piece in zip(params, flat.split([t.numel() for t in locals_])):
+            param.grad = DTensor.from_local(piece.view_as(param.grad.to_local()), mesh, done,
+                                            shape=param.grad.shape, stride=param.grad.stride())
+    return sum(len(v) for v in buckets.values())
+
+
 def grad_norm(par: Parallelized) -> torch.Tensor:
     """The L2 norm of all gradients of the full (unsharded, all-partition) model, on every rank."""
     buckets: dict[tuple, list] = defaultdict(list)

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, PrepareModuleOutput,
+                                               RowwiseParallel, SequenceParallel, parallelize_module)
 
 from ..io import ConfigError
 from ..model.aggregation import CrossAttentionPool, DCHAGFrontEnd
-from ..model.vit import MLP, Attention, Block
+from ..model.vit import MLP, Attention, Backbone, Block
 from .collectives import gather_partitions
 
 PRIVATE_PREFIX = "front.partitions."
@@ -37,13 +39,48 @@ class Parallelized:
         return self.mesh["tp"].get_group()
 
 
-def _heads_plan(module: nn.Module) -> dict:
-    if isinstance(module, (Attention, CrossAttentionPool)):
-        return {"q": ColwiseParallel(), "k": ColwiseParallel(), "v": ColwiseParallel(),
-                "proj": RowwiseParallel()}
-    if isinstance(module, MLP):
-        return {"fc1": ColwiseParallel(), "fc2": RowwiseParallel()}
-    return {}
+def _shared_input(layout) -> PrepareModuleInput:
+    """One input redistribution for all column-parallel layers of a module (Megatron's f operator).
+
+    The module's input becomes a replicated DTensor once, so q, k and v (or fc1) consume it
+    without each converting it again: their input gradients add up as one Partial tensor
+    and are all-reduced once in backward instead of once per layer.
+    """
+    return PrepareModuleInput(input_layouts=(layout,), desired_input_layouts=(Replicate(),),
+                              use_local_output=False)
+
+
+def block_plan(sequence_parallel: bool) -> dict:
+    """Megatron TP plan for one ViT block: 1 all-reduce per attention and per MLP in each direction.
+
+    With sequence parallelism the residual stream stays sharded over tokens (Shard(1)) and
+    the norms run on the local tokens: the all-reduces become an all-gather before and a
+    reduce-scatter after each attention and MLP.
+    """
+    residual = Shard(1) if sequence_parallel else Replicate()
+    plan = {"attn": _shared_input(residual), "mlp": _shared_input(residual),
+            "attn.q": ColwiseParallel(), "attn.k": ColwiseParallel(), "attn.v": ColwiseParallel(),
+            "attn.proj": RowwiseParallel(output_layouts=residual, use_local_output=not sequence_parallel),
+            "mlp.fc1": ColwiseParallel(),
+            "mlp.fc2": RowwiseParallel(output_layouts=residual, use_local_output=not sequence_parallel)}
+    if sequence_parallel:
+        plan.update(norm1=SequenceParallel(), norm2=SequenceParallel())
+    return plan
+
+
+def pool_plan() -> dict:
+    """TP plan for a cross-attention pool: k and v share one input redistribution; heads split."""
+    return {"": _shared_input(Replicate()), "q": ColwiseParallel(), "k": ColwiseParallel(),
+            "v": ColwiseParallel(), "proj": RowwiseParallel()}
+
+
+def apply_sequence_parallel(backbone: Backbone, tp_mesh: DeviceMesh) -> None:
+    """Shard the backbone's token sequence over TP on entry, gather it after the final norm."""
+    parallelize_module(backbone, tp_mesh, PrepareModuleInput(
+        input_layouts=(Replicate(),), desired_input_layouts=(Shard(1),), use_local_output=False))
+    parallelize_module(backbone.norm, tp_mesh, SequenceParallel())
+    parallelize_module(backbone, tp_mesh, PrepareModuleOutput(
+        output_layouts=(Shard(1),), desired_output_layouts=(Replicate(),), use_local_output=True))
 
 
 def check_tp(model: nn.Module, tp: int) -> None:
@@ -76,14 +113,18 @@ def apply_dchag(front: DCHAGFrontEnd, tp_mesh: DeviceMesh) -> None:
         front.join = functools.partial(gather_partitions, group=tp_mesh.get_group())
 
 
-def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
-    """Megatron-style TP on every attention (heads split) and MLP (hidden split), D-CHAG privates excepted."""
-    for name, module in model.named_modules():
+def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = False) -> None:
+    """Megatron-style TP on every block (heads and MLP split) and cross-attention pool, D-CHAG privates excepted."""
+    for name, module in list(model.named_modules()):
         if name.startswith(PRIVATE_PREFIX.rstrip(".")):
             continue  # rank-private partial aggregators are not TP-sharded
-        plan = _heads_plan(module)
-        if plan:
-            parallelize_module(module, tp_mesh, plan)
+        if isinstance(module, Block):
+            parallelize_module(module, tp_mesh, block_plan(sequence_parallel))
+        elif isinstance(module, CrossAttentionPool):
+            for sub, style in pool_plan().items():
+                parallelize_module(module.get_submodule(sub), tp_mesh, style)
+        elif isinstance(module, Backbone) and sequence_parallel:
+            apply_sequence_parallel(module, tp_mesh)
 
 
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy | None) -> None:
@@ -97,7 +138,8 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, mp_policy: MixedPrecisionP
     fully_shard(model, **kwargs)
 
 
-def parallelize(model: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy | None = None) -> Parallelized:
+def parallelize(model: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy | None = None,
+                sequence_parallel: bool = False) -> Parallelized:
     """D-CHAG partitioning + TP over mesh['tp'] + FSDP2 over mesh['dp','fsdp'] (skipped when size 1)."""
     tp_mesh = mesh["tp"]
     check_tp(model, tp_mesh.size())
@@ -105,7 +147,7 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionPol
     if isinstance(front, DCHAGFrontEnd):
         apply_dchag(front, tp_mesh)
     if tp_mesh.size() > 1:
-        apply_tp(model, tp_mesh)
+        apply_tp(model, tp_mesh, sequence_parallel)
     private = {n for n, _ in model.named_parameters() if n.startswith(PRIVATE_PREFIX)}
     dp_mesh = mesh["dp", "fsdp"]
     use_fsdp = dp_mesh.size() > 1

@@ -10,7 +10,7 @@ from .loop import TrainJob, TrainSettings
 
 SETTING_KEYS = ("steps", "micro_batch", "grad_accum", "lr", "min_lr_ratio", "warmup_steps",
                 "weight_decay", "grad_clip", "precision", "checkpoint_every", "keep_checkpoints",
-                "log_every", "seed")
+                "log_every", "seed", "activation_checkpointing", "sequence_parallel")
 
 
 def data_version(*files: Path) -> str:

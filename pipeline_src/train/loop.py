@@ -19,13 +19,17 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import MixedPrecisionPolicy
+from torch.distributed.tensor import DTensor
 
 from .. import tracking
 from ..io import ConfigError, atomic_path, write_json
 from ..model.build import ModelSpec, build_model
 from ..model.vit import num_params
 from ..parallel import checkpoint as ckpt
-from ..parallel.grads import clip_grad_norm
+from ..parallel.grads import clip_grad_norm, reduce_partial_grads
+from ..parallel.materialize import materialize
+from ..parallel.recompute import apply_activation_checkpointing
 from ..parallel.mesh import (build_mesh, check_world, init_distributed, is_main, launch_env, pick_device,
                              resolve_mesh)
 from ..parallel.walltime import job_end_time
@@ -52,9 +56,11 @@ class TrainSettings:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     precision: str = "auto"  # auto | fp32 | bf16
+    activation_checkpointing: str = "none"  # none | blocks | full
+    sequence_parallel: bool = False
     checkpoint_every: int = 20
     keep_checkpoints: int = 2
-    log_every: int = 5
+    log_every: int = 5  # also how often the host syncs: loss check, stop agreement, progress
     seed: int = 0
     tp: int = 1
     fsdp: int = 1
@@ -110,7 +116,8 @@ def model_spec(job: TrainJob, data, tp: int) -> ModelSpec:
     common = dict(arch=m["arch"], task=job.task, patch=m["patch"], dim=m["dim"], depth=m["depth"],
                   heads=m["heads"], agg_heads=m["agg_heads"], mlp_ratio=float(m["mlp_ratio"]),
                   partitions=1 if m["arch"] == "tp-baseline" else int(partitions),
-                  tree=tuple(m.get("tree", ())), decoder_depth=m.get("decoder_depth", 1))
+                  tree=tuple(m.get("tree", ())), decoder_depth=m.get("decoder_depth", 1),
+                  pool_sharing=m.get("pool_sharing", "partition"))
     if job.task == "forecast":
         return ModelSpec(channels=len(data.channels), image=data.image, outputs=len(data.targets),
                          channel_names=tuple(data.channels), **common)
@@ -131,11 +138,13 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def _optimizer(model, s: TrainSettings) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    other = [p for p in model.parameters() if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                              {"params": other, "weight_decay": 0.0}],
-                             lr=s.lr, betas=(0.9, 0.95), foreach=False)
+    """foreach AdamW; groups by weight decay and by DTensor-or-not (foreach cannot mix the two)."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for p in model.parameters():
+        groups.setdefault((p.ndim >= 2, isinstance(p, DTensor)), []).append(p)
+    return torch.optim.AdamW([{"params": params, "weight_decay": s.weight_decay if decay else 0.0}
+                              for (decay, _), params in sorted(groups.items())],
+                             lr=s.lr, betas=(0.9, 0.95), foreach=True)
 
 
 class _StopFlag:
@@ -160,15 +169,12 @@ class _StopFlag:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
-    def agreed(self, device) -> bool:
-        """True on every rank if any rank received a stop signal or rank 0 saw the deadline pass."""
+    def local(self) -> float:
+        """1.0 if this rank received a stop signal or (rank 0) saw the deadline pass, else 0.0."""
         if self.deadline is not None and not self.raised and time.time() >= self.deadline:
             self.raised = True
             self.reason = "the Slurm time limit is near"
-        flag = torch.tensor([1.0 if self.raised else 0.0], device=device)
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+        return 1.0 if self.raised else 0.0
 
 
 def _loss(job: TrainJob, model, batch, spec: ModelSpec, lat_w, device, autocast) -> torch.Tensor:
@@ -180,7 +186,19 @@ def _loss(job: TrainJob, model, batch, spec: ModelSpec, lat_w, device, autocast)
         return mae_loss(pred.float(), batch.x.to(device), batch.mask.to(device), spec.patch)
 
 
-def run_training(job: TrainJob, on_step: Callable[[int, float], None] | None = None) -> dict:
+def _sync(pending: list, stop: _StopFlag, device) -> tuple[list[float], list[float], bool]:
+    """One host sync for the steps since the last: their mean losses over all ranks, grad norms,
+    and whether any rank must stop (agreed by all, in the same all-reduce)."""
+    losses = torch.stack([p[0] for p in pending] + [torch.tensor(stop.local(), device=device)])
+    if dist.is_initialized():
+        dist.all_reduce(losses)
+        losses[:-1] /= dist.get_world_size()
+    values = torch.cat([losses, torch.stack([p[1] for p in pending]).float()]).tolist()
+    n = len(pending)
+    return values[:n], values[n + 1:], values[n] > 0
+
+
+def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) -> dict:
     """Train job on this rank (all ranks call it); return the summary. Raises Preempted on a stop signal."""
     s = job.settings
     env = launch_env()
@@ -192,20 +210,28 @@ def run_training(job: TrainJob, on_step: Callable[[int, float], None] | None = N
     data = _open_data(job)
     spec = model_spec(job, data, s.tp)
     try:
-        model = build_model(spec, seed=s.seed)
+        with torch.device("meta"):  # nothing allocated until this rank's share is known
+            model = build_model(spec, seed=None)
     except ValueError as err:
         raise ConfigError(f"train.variants[{job.name}]", str(err)) from None
     total_params = num_params(model)
-    par = parallelize(model.to(device), mesh)
+    use_bf16 = s.precision == "bf16" or (s.precision == "auto" and device.type == "cuda")
+    fsdp_on = shape.dp * shape.fsdp > 1
+    # bf16 under FSDP: bf16 parameters, all-gathers and compute, fp32 gradient reduction.
+    # Without FSDP the fp32 weights stay and autocast runs the matmuls in bf16.
+    mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if use_bf16 and fsdp_on else None
+    apply_activation_checkpointing(model, s.activation_checkpointing)
+    par = parallelize(model, mesh, mp_policy, sequence_parallel=s.sequence_parallel)
+    materialize(model, device, seed=s.seed)
     optimizer = _optimizer(model, s)
     shard, shards = data_parallel_rank(mesh)
     global_batch = s.micro_batch * shards
     rows = slice(shard * s.micro_batch, (shard + 1) * s.micro_batch)
     lat_w = latitude_weights(data.latitudes).to(device) if job.task == "forecast" else None
-    use_bf16 = s.precision == "bf16" or (s.precision == "auto" and device.type == "cuda")
 
     def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16 and mp_policy is None)
 
     meta = {"fingerprint": spec.fingerprint(), "spec": spec.to_dict(), "variant": job.name,
             "task": job.task, "mesh": {"dp": shape.dp, "fsdp": shape.fsdp, "tp": shape.tp}}
@@ -245,7 +271,7 @@ def run_training(job: TrainJob, on_step: Callable[[int, float], None] | None = N
                             key=f"train-{job.name}-{run_key}") as run, _StopFlag(deadline) as stop:
         run.set_tags({"resumed_from_step": start, "train_run_key": run_key})
         progress = _progress(is_main(), start, s.steps, job.name)
-        t_last, samples_since = time.perf_counter(), 0
+        t_last, samples_since, pending = time.perf_counter(), 0, []
         for step in range(start, s.steps):
             lr = learning_rate(step, s.lr, s.warmup_steps, s.steps, s.min_lr_ratio)
             for group in optimizer.param_groups:
@@ -262,30 +288,34 @@ def run_training(job: TrainJob, on_step: Callable[[int, float], None] | None = N
                 loss = _loss(job, model, batch, spec, lat_w, device, autocast) / s.grad_accum
                 loss.backward()
                 loss_sum += loss.detach()
-            norm = clip_grad_norm(par, s.grad_clip) if s.grad_clip > 0 else torch.zeros(())
+            reduce_partial_grads(par)
+            norm = clip_grad_norm(par, s.grad_clip) if s.grad_clip > 0 else torch.zeros((), device=device)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if dist.is_initialized():
-                dist.all_reduce(loss_sum)
-                loss_sum /= dist.get_world_size()
-            loss_value = float(loss_sum)
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"{job.name}: loss is {loss_value} at step {step + 1}")
             samples_since += global_batch * s.grad_accum
             done = step + 1
-            record = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": float(norm)}
-            history.append(record)
-            if done % s.log_every == 0 or done == s.steps:
-                now = time.perf_counter()
-                record["samples_per_s"] = samples_since / (now - t_last)
-                t_last, samples_since = now, 0
-            run.log_metrics({k: v for k, v in record.items() if k != "step"}, step=done)
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            pending.append((loss_sum, norm.detach(), lr))
             if on_step is not None:
-                on_step(done, loss_value)
-            stop_now = stop.agreed(device)
-            if (s.checkpoint_every and done % s.checkpoint_every == 0 and done < s.steps) or stop_now:
+                on_step(done)
+            at_checkpoint = s.checkpoint_every and done % s.checkpoint_every == 0 and done < s.steps
+            if not (done % s.log_every == 0 or done == s.steps or at_checkpoint):
+                continue  # no host sync on this step
+            losses, norms, stop_now = _sync(pending, stop, device)
+            first = done - len(pending) + 1
+            for i, (loss_value, norm_value, (_, _, step_lr)) in enumerate(zip(losses, norms, pending)):
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"{job.name}: loss is {loss_value} at step {first + i}")
+                record = {"step": first + i, "loss": loss_value, "lr": step_lr, "grad_norm": norm_value}
+                history.append(record)
+            now = time.perf_counter()
+            history[-1]["samples_per_s"] = samples_since / (now - t_last)
+            t_last, samples_since = now, 0
+            for record in history[-len(pending):]:
+                run.log_metrics({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+            progress.update(len(pending))
+            progress.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+            pending = []
+            if at_checkpoint or stop_now:
                 ckpt.save_checkpoint(ckpt.step_dir(ckpt_root, done), model, optimizer,
                                      {**meta, "step": done, "history": history})
                 ckpt.prune_checkpoints(ckpt_root, s.keep_checkpoints)

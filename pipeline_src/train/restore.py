@@ -16,7 +16,9 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     """The whole model of a checkpoint written at any world size, on one process, and its meta."""
     meta = ckpt.read_meta(path)
     spec = ModelSpec.from_dict(meta["spec"])
-    model = build_model(spec).to(device)
+    with torch.device("meta"):
+        model = build_model(spec, seed=None)
+    model.to_empty(device=device)  # every value comes from the checkpoint
     with warnings.catch_warnings():  # DCP notes that it loads without a process group: intended
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
         ckpt.load_checkpoint(path, model, None, spec_dict=spec.to_dict(), fingerprint=spec.fingerprint())

@@ -6,16 +6,20 @@ from pipeline_src.parallel.spawn import run_local
 
 from . import workers
 
-MESHES = [  # (tp, fsdp, dp)
-    (1, 1, 1),
-    (2, 1, 1),
-    (4, 1, 1),
-    (2, 2, 1),
-    (2, 1, 2),
+MESHES = [  # (tp, fsdp, dp, sequence_parallel, activation_checkpointing)
+    (1, 1, 1, False, "none"),
+    (2, 1, 1, False, "none"),
+    (4, 1, 1, False, "none"),
+    (2, 2, 1, False, "none"),
+    (2, 1, 2, False, "blocks"),
+    (2, 1, 1, True, "full"),
+    (4, 1, 1, True, "none"),
+    (2, 2, 1, True, "full"),
 ]
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("tp,fsdp,dp", MESHES, ids=[f"tp{t}-fsdp{f}-dp{d}" for t, f, d in MESHES])
-def test_distributed_equals_single_process(tp, fsdp, dp):
-    run_local(workers.exactness, tp * fsdp * dp, tp, fsdp, dp)
+@pytest.mark.parametrize("tp,fsdp,dp,sp,ac", MESHES, ids=[f"tp{t}-fsdp{f}-dp{d}" + ("-sp" if sp else "") + f"-ac-{ac}"
+                                                          for t, f, d, sp, ac in MESHES])
+def test_distributed_equals_single_process(tp, fsdp, dp, sp, ac):
+    run_local(workers.exactness, tp * fsdp * dp, tp, fsdp, dp, sp, ac)

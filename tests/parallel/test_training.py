@@ -42,12 +42,12 @@ def test_kill_and_resume_is_exact_and_loads_at_other_world_sizes(tmp_path):
     straight = workers.train_job(tmp_path, "straight", tp=2, steps=8, checkpoint_every=3)
     resumed = workers.train_job(tmp_path, "resumed", tp=2, steps=8, checkpoint_every=3)
     run_local(workers.train, 2, straight)
-    run_local(workers.train, 2, resumed, 5)  # SIGTERM on rank 0 after step 5
+    run_local(workers.train, 2, resumed, 5)  # SIGTERM on rank 0 after step 5, agreed at the step-6 sync
     assert not resumed.final_dir.exists()
-    assert _latest(resumed).name == "step_00000005"
+    assert _latest(resumed).name == "step_00000006"
     run_local(workers.train, 2, resumed)
     summary = json.loads(resumed.summary_path.read_text())
-    assert summary["resumed_from_step"] == 5
+    assert summary["resumed_from_step"] == 6
     assert _history(resumed) == _history(straight)
     w1, meta = _weights(straight.final_dir)  # trained at world 2, loaded at world 1
     w2, _ = _weights(resumed.final_dir)
@@ -70,12 +70,25 @@ def test_kill_and_resume_is_exact_and_loads_at_other_world_sizes(tmp_path):
 def test_resume_at_another_world_size(tmp_path):
     job4 = workers.train_job(tmp_path, "mesh", tp=2, fsdp=2, steps=6, tree=[2], grad_accum=2)
     run_local(workers.train, 4, job4, 3)
-    assert _latest(job4).name == "step_00000003"
+    assert _latest(job4).name == "step_00000004"
     job2 = workers.train_job(tmp_path, "mesh", tp=2, fsdp=1, steps=6, tree=[2], grad_accum=2)
     run_local(workers.train, 2, job2)
     summary = json.loads(job2.summary_path.read_text())
-    assert summary["resumed_from_step"] == 3 and summary["mesh"]["fsdp"] == 1
+    assert summary["resumed_from_step"] == 4 and summary["mesh"]["fsdp"] == 1
     assert len(summary["history"]) == 6
+    # the optimizer state read at world 2 (and 1) is the world-4 state, parameter by parameter
+    states = {}
+    for world, tp, fsdp in ((4, 2, 2), (2, 2, 1), (1, 1, 1)):
+        out = tmp_path / f"optim{world}.pt"
+        run_local(workers.optimizer_state, world, str(_latest(job4)), tp, fsdp, str(out))
+        states[world] = torch.load(out)
+    assert set(states[4]) == set(states[2]) == set(states[1]) and len(states[4]) > 20
+    for name, ref in states[4].items():
+        assert set(ref) == {"step", "exp_avg", "exp_avg_sq"}, name
+        assert float(ref["step"]) == 4 and float(ref["exp_avg_sq"].abs().sum()) > 0, name
+        for world in (2, 1):
+            for key, value in ref.items():
+                assert torch.equal(states[world][name][key], value), (world, name, key)
 
 
 def test_checkpoint_from_another_architecture_is_refused(tmp_path):
@@ -102,3 +115,40 @@ def test_bf16_autocast_tracks_fp32(tmp_path):
     a, b = _history(fp32), _history(bf16)
     assert a != b  # autocast really changed the arithmetic
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=5e-2, atol=1e-3)
+
+
+def _final_weights_equal(a, b):
+    w1, _ = _weights(a.final_dir)
+    w2, _ = _weights(b.final_dir)
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        assert torch.equal(w1[name], w2[name]), name
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_between_checkpoints_then_resume_is_bit_exact(tmp_path):
+    straight = workers.train_job(tmp_path, "straight", tp=2, steps=8, checkpoint_every=4)
+    crashed = workers.train_job(tmp_path, "crashed", tp=2, steps=8, checkpoint_every=4)
+    run_local(workers.train, 2, straight)
+    with pytest.raises(Exception):  # rank 0 dies by SIGKILL at step 6: no stop, no checkpoint
+        run_local(workers.train, 2, crashed, 6, "SIGKILL")
+    assert not crashed.final_dir.exists() and _latest(crashed).name == "step_00000004"
+    run_local(workers.train, 2, crashed)  # steps 5-8 again, from the step-4 checkpoint
+    assert json.loads(crashed.summary_path.read_text())["resumed_from_step"] == 4
+    assert _history(crashed) == _history(straight)
+    _final_weights_equal(straight, crashed)
+
+
+@pytest.mark.timeout(300)
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
+    straight = workers.train_job(tmp_path, "straight", tp=2, steps=6, checkpoint_every=2)
+    crashed = workers.train_job(tmp_path, "crashed", tp=2, steps=6, checkpoint_every=2)
+    run_local(workers.train, 2, straight)
+    with pytest.raises(Exception):  # SIGKILL inside the second checkpoint write (step 4)
+        run_local(workers.train, 2, crashed, None, "SIGTERM", 2)
+    folder = _latest(crashed).parent
+    assert _latest(crashed).name == "step_00000002"
+    assert (folder / ".step_00000004.partial").is_dir()  # the half-written one, never taken for complete
+    run_local(workers.train, 2, crashed)
+    assert json.loads(crashed.summary_path.read_text())["resumed_from_step"] == 2
+    _final_weights_equal(straight, crashed)
