@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..model.build import ModelSpec, build_model
+from ..model.build import ModelSpec
 from ..parallel.mesh import build_mesh, init_distributed, launch_env, pick_device, resolve_mesh
-from ..parallel.plans import parallelize
 from ..parallel.spawn import run_local
+from ..train.engine import build_engine
 from ..train.losses import forecast_loss
 
 ARCHS = ("tp-baseline", "dchag-L", "dchag-C")
@@ -33,47 +33,41 @@ def _spec(arch: str, channels: int, a: argparse.Namespace, tp: int) -> ModelSpec
                      partitions=1 if arch == "tp-baseline" else tp, outputs=a.outputs)
 
 
-def _step(model, opt, x, lead, y, lat_w):
-    loss = forecast_loss(model(x, lead).float(), y, lat_w)
+def _step(engine, x, lead, y, lat_w):
+    with engine.autocast():
+        loss = forecast_loss(engine.model(x, lead).float(), y, lat_w)
     loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    engine.step(1e-4, 1.0)
 
 
 def _measure(spec: ModelSpec, mesh, device, a) -> dict:
-    model = build_model(spec, seed=0).to(device)
-    parallelize(model, mesh)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
+    engine = build_engine(spec, mesh, device, a, seed=0)  # the training loop's engine and recipe
     g = torch.Generator().manual_seed(0)
     x = torch.randn(a.batch, spec.channels, *spec.image, generator=g).to(device)
     y = torch.randn(a.batch, spec.outputs, *spec.image, generator=g).to(device)
     lead = torch.full((a.batch,), 7.0, device=device)
     lat_w = torch.ones(spec.image[0], device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with autocast:
-        _step(model, opt, x, lead, y, lat_w)  # warm-up: optimizer state exists from here on
+    _step(engine, x, lead, y, lat_w)  # warm-up: optimizer state exists from here on
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-        with autocast:
-            _step(model, opt, x, lead, y, lat_w)
+        _step(engine, x, lead, y, lat_w)
         peak = torch.cuda.max_memory_allocated(device)
         by_kind = {}
     else:
         from torch.distributed._tools.mem_tracker import MemTracker
 
         tracker = MemTracker()
-        tracker.track_external(model, opt)
+        tracker.track_external(engine.model, engine.optimizer)
         with tracker:
-            _step(model, opt, x, lead, y, lat_w)
+            _step(engine, x, lead, y, lat_w)
         snap = tracker.get_tracker_snapshot("peak")[device]
         peak = snap["Total"]
         by_kind = {k: v for k, v in snap.items() if k != "Total"}
     dist.barrier()
     t0 = time.perf_counter()
     for _ in range(a.steps):
-        with autocast:
-            _step(model, opt, x, lead, y, lat_w)
+        _step(engine, x, lead, y, lat_w)
     if device.type == "cuda":
         torch.cuda.synchronize()
     dist.barrier()
@@ -104,9 +98,12 @@ def worker(a: argparse.Namespace, out_file: str) -> None:
 
 def table(report: dict) -> str:
     """The measured results as a text table with ratios to tp-baseline at the same channel count."""
+    args = report["args"]
     lines = [f"device={report['device']} ranks={report['world']} (tp={report['world']}) "
-             f"dim={report['args']['dim']} depth={report['args']['depth']} image={report['args']['image']} "
-             f"patch={report['args']['patch']} batch/rank={report['args']['batch']}",
+             f"dim={args['dim']} depth={args['depth']} image={args['image']} "
+             f"patch={args['patch']} batch/rank={args['batch']} precision={args.get('precision', 'auto')} "
+             f"recompute={args.get('activation_checkpointing', 'none')} "
+             f"sequence_parallel={args.get('sequence_parallel', False)}",
              f"{'channels':>8} {'variant':>12} {'peak MiB/rank':>14} {'vs TP':>7} {'samples/s':>10} {'vs TP':>7}"]
     base = {}
     for r in report["results"]:
@@ -117,6 +114,14 @@ def table(report: dict) -> str:
         bp, br = base.get(r["channels"], (peak, rate))
         lines.append(f"{r['channels']:>8} {r['arch']:>12} {peak:>14.1f} {peak / bp:>7.2f} "
                      f"{rate:>10.2f} {rate / br:>7.2f}")
+    kinds = sorted({k for r in report["results"] for k in r["ranks"][0]["by_kind"]})
+    if kinds:
+        lines += ["", "rank-0 peak by kind (MiB, MemTracker):",
+                  f"{'channels':>8} {'variant':>12} " + " ".join(f"{k.split('.')[-1][:12]:>12}" for k in kinds)]
+        for r in report["results"]:
+            by_kind = r["ranks"][0]["by_kind"]
+            lines.append(f"{r['channels']:>8} {r['arch']:>12} " +
+                         " ".join(f"{by_kind.get(k, 0) / 2**20:>12.1f}" for k in kinds))
     return "\n".join(lines)
 
 
@@ -134,8 +139,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--outputs", type=int, default=5)
     p.add_argument("--batch", type=int, default=2, help="samples per rank per step")
     p.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="as train.precision (auto: bf16 on GPUs)")
+    p.add_argument("--recompute", dest="activation_checkpointing", choices=["none", "blocks", "full"],
+                   default="none", help="as train.activation_checkpointing")
+    p.add_argument("--sequence-parallel", action="store_true", help="as train.sequence_parallel")
     p.add_argument("--json", default=None, help="also write the raw results here")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    a.lr, a.weight_decay = 1e-4, 0.05  # the engine's optimizer settings
+    return a
 
 
 def main(argv=None) -> None:

@@ -19,23 +19,18 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import MixedPrecisionPolicy
-from torch.distributed.tensor import DTensor
 
 from .. import tracking
 from ..io import ConfigError, atomic_path, write_json
-from ..model.build import ModelSpec, build_model
-from ..model.vit import num_params
+from ..model.build import ModelSpec, check_spec
 from ..parallel import checkpoint as ckpt
-from ..parallel.grads import clip_grad_norm, reduce_partial_grads
-from ..parallel.materialize import materialize
-from ..parallel.recompute import apply_activation_checkpointing
 from ..parallel.mesh import (build_mesh, check_world, init_distributed, is_main, launch_env, pick_device,
                              resolve_mesh)
 from ..parallel.walltime import job_end_time
-from ..parallel.plans import data_parallel_rank, parallelize
+from ..parallel.plans import data_parallel_rank
 from ..datasets.era5 import ERA5Forecast
 from ..datasets.spectral import SpectralTiles, SyntheticSpectralTiles
+from .engine import build_engine
 from .losses import forecast_loss, latitude_weights, mae_loss
 from .schedule import learning_rate
 
@@ -137,16 +132,6 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _optimizer(model, s: TrainSettings) -> torch.optim.Optimizer:
-    """foreach AdamW; groups by weight decay and by DTensor-or-not (foreach cannot mix the two)."""
-    groups: dict[tuple[bool, bool], list] = {}
-    for p in model.parameters():
-        groups.setdefault((p.ndim >= 2, isinstance(p, DTensor)), []).append(p)
-    return torch.optim.AdamW([{"params": params, "weight_decay": s.weight_decay if decay else 0.0}
-                              for (decay, _), params in sorted(groups.items())],
-                             lr=s.lr, betas=(0.9, 0.95), foreach=True)
-
-
 class _StopFlag:
     """Set by SIGTERM/SIGUSR1 (Slurm preemption / time limit warning) or, on rank 0, by the
     approaching end of the Slurm allocation; agreed on across ranks."""
@@ -210,28 +195,15 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
     data = _open_data(job)
     spec = model_spec(job, data, s.tp)
     try:
-        with torch.device("meta"):  # nothing allocated until this rank's share is known
-            model = build_model(spec, seed=None)
+        check_spec(spec)
     except ValueError as err:
         raise ConfigError(f"train.variants[{job.name}]", str(err)) from None
-    total_params = num_params(model)
-    use_bf16 = s.precision == "bf16" or (s.precision == "auto" and device.type == "cuda")
-    fsdp_on = shape.dp * shape.fsdp > 1
-    # bf16 under FSDP: bf16 parameters, all-gathers and compute, fp32 gradient reduction.
-    # Without FSDP the fp32 weights stay and autocast runs the matmuls in bf16.
-    mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if use_bf16 and fsdp_on else None
-    apply_activation_checkpointing(model, s.activation_checkpointing)
-    par = parallelize(model, mesh, mp_policy, sequence_parallel=s.sequence_parallel)
-    materialize(model, device, seed=s.seed)
-    optimizer = _optimizer(model, s)
+    engine = build_engine(spec, mesh, device, s, seed=s.seed)
+    model, par, optimizer, total_params = engine.model, engine.par, engine.optimizer, engine.total_params
     shard, shards = data_parallel_rank(mesh)
     global_batch = s.micro_batch * shards
     rows = slice(shard * s.micro_batch, (shard + 1) * s.micro_batch)
     lat_w = latitude_weights(data.latitudes).to(device) if job.task == "forecast" else None
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16 and mp_policy is None)
 
     meta = {"fingerprint": spec.fingerprint(), "spec": spec.to_dict(), "variant": job.name,
             "task": job.task, "mesh": {"dp": shape.dp, "fsdp": shape.fsdp, "tp": shape.tp}}
@@ -274,8 +246,6 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
         t_last, samples_since, pending = time.perf_counter(), 0, []
         for step in range(start, s.steps):
             lr = learning_rate(step, s.lr, s.warmup_steps, s.steps, s.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
             for micro in range(s.grad_accum):
                 if par.fsdp:
@@ -285,16 +255,13 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
                 else:
                     batch = data.batch(s.seed, step, micro, global_batch, rows,
                                        job.data["mask_ratio"], spec.patch)
-                loss = _loss(job, model, batch, spec, lat_w, device, autocast) / s.grad_accum
+                loss = _loss(job, model, batch, spec, lat_w, device, engine.autocast) / s.grad_accum
                 loss.backward()
                 loss_sum += loss.detach()
-            reduce_partial_grads(par)
-            norm = clip_grad_norm(par, s.grad_clip) if s.grad_clip > 0 else torch.zeros((), device=device)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            norm = engine.step(lr, s.grad_clip)
             samples_since += global_batch * s.grad_accum
             done = step + 1
-            pending.append((loss_sum, norm.detach(), lr))
+            pending.append((loss_sum, norm, lr))
             if on_step is not None:
                 on_step(done)
             at_checkpoint = s.checkpoint_every and done % s.checkpoint_every == 0 and done < s.steps

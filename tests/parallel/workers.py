@@ -210,7 +210,7 @@ def optimizer_state(ckpt_path: str, tp: int, fsdp: int, out_file: str) -> None:
     optimizer state gathered per parameter name: {name: {exp_avg, exp_avg_sq, step}}."""
     from pipeline_src.parallel import checkpoint as ckpt
     from pipeline_src.parallel.materialize import materialize as mat
-    from pipeline_src.train.loop import TrainSettings, _optimizer
+    from pipeline_src.train.engine import make_optimizer
 
     env = launch_env()
     init_distributed(env, torch.device("cpu"))
@@ -220,7 +220,7 @@ def optimizer_state(ckpt_path: str, tp: int, fsdp: int, out_file: str) -> None:
         model = build_model(spec, seed=None)
     parallelize(model, mesh)
     mat(model, torch.device("cpu"), seed=None)
-    optimizer = _optimizer(model, TrainSettings())
+    optimizer = make_optimizer(model, 1e-3, 0.05)
     ckpt.load_checkpoint(ckpt_path, model, optimizer, spec_dict=spec.to_dict(), fingerprint=spec.fingerprint())
     mine = {}
     for name, param in model.named_parameters():
