@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -80,6 +81,8 @@ def worker(a: argparse.Namespace, out_file: str) -> None:
     """Measure every (channels, arch) on this rank; rank 0 writes all ranks' results."""
     env = launch_env()
     device = pick_device(env.local_rank)
+    if device.type == "cpu":  # one share of the cores per rank, as the launchers set OMP_NUM_THREADS
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.world_size))
     init_distributed(env, device)
     mesh = build_mesh(resolve_mesh(env.world_size, env.world_size), device.type)
     results = []
@@ -138,7 +141,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--outputs", type=int, default=5)
     p.add_argument("--batch", type=int, default=2, help="samples per rank per step")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="as train.precision (auto: bf16 on GPUs)")
     p.add_argument("--recompute", dest="activation_checkpointing", choices=["none", "blocks", "full"],
