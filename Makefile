@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv pipeline test test-fast bench bench-frontend bench-hyperspectral dryrun-slurm clean
+.PHONY: venv pipeline test test-fast bench bench-frontend bench-loader bench-hyperspectral dryrun-slurm clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,9 @@ bench-hyperspectral: $(STAMP)
 
 bench-frontend: $(STAMP)
 	$(VENV)/bin/python -m pipeline_src.cli bench frontend $(ARGS)
+
+bench-loader: $(STAMP)
+	$(VENV)/bin/python -m pipeline_src.cli bench loader $(ARGS)
 
 dryrun-slurm: $(STAMP)
 	$(VENV)/bin/snakemake --profile profiles/slurm -n

@@ -344,10 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     # listed for --help; main() hands their arguments to the benchmark modules themselves
     b.add_parser("hyperspectral", help="hyperspectral preprocessing cubes/s and MB/s per format")
     b.add_parser("frontend", help="peak memory per rank and samples/s: tp-baseline vs dchag-L vs dchag-C")
+    b.add_parser("loader", help="training input pipeline samples/s per rank vs training's consumption")
     return p
 
 
-FORWARDED_BENCHES = ("frontend", "hyperspectral")
+FORWARDED_BENCHES = ("frontend", "hyperspectral", "loader")
 
 
 def main(argv: list[str] | None = None) -> int:

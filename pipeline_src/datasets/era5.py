@@ -76,12 +76,13 @@ class ERA5Split:
                                          f"({self.times[0]} to {self.times[-1]})")
         return int(round(s))
 
-    def read(self, indices) -> np.ndarray:
-        """Fields at the given time indices, (n, C, H, W) float32."""
+    def read(self, indices, channels: slice | list[int] | None = None) -> np.ndarray:
+        """Fields at the given time indices, (n, C, H, W) float32; only `channels` when given."""
+        pick = slice(None) if channels is None else channels
         if self.cache is not None:
-            return self.cache[np.asarray(indices, dtype=np.int64)]
+            return self.cache[np.asarray(indices, dtype=np.int64)][:, pick]
         var = self.fields.variable  # Variable indexing skips DataArray overhead (~2x faster)
-        return np.stack([np.asarray(var[int(t)].values, dtype=np.float32) for t in indices])
+        return np.stack([np.asarray(var[int(t), pick].values, dtype=np.float32) for t in indices])
 
     def close(self) -> None:
         """Release the store."""
@@ -109,17 +110,19 @@ class Climatology:
         # small climatologies (the default: 42 MB) are held in memory, large ones read per time
         self.cache = self.array.values if self.array.nbytes < 512 * 2**20 else None
 
-    def at(self, times) -> np.ndarray:
-        """Climatology at each valid time (day of year and hour), (n, C, H, W) float32."""
+    def at(self, times, channels: slice | list[int] | None = None) -> np.ndarray:
+        """Climatology at each valid time (day of year and hour), (n, C, H, W) float32; only `channels` when given."""
         times = pd.DatetimeIndex(times)
         missing = sorted(set(times.hour) - set(self.hours))
         if missing:
             raise InputError(self.store, f"no climatology for hour(s) {missing} (has {self.hours})")
         doy = np.asarray(times.day_of_year) - 1
         hour = np.array([self.hours.index(h) for h in times.hour])
+        pick = slice(None) if channels is None else channels
         if self.cache is not None:
-            return self.cache[doy, hour].astype(np.float32)
-        return np.stack([np.asarray(self.array[int(d), int(h)].values, np.float32) for d, h in zip(doy, hour)])
+            return self.cache[doy, hour][:, pick].astype(np.float32)
+        var = self.array.variable
+        return np.stack([np.asarray(var[int(d), int(h), pick].values, np.float32) for d, h in zip(doy, hour)])
 
     def close(self) -> None:
         """Release the store."""
@@ -184,9 +187,10 @@ class FieldTransform:
                 torch.tensor(off, dtype=torch.float32).reshape(shape),
                 torch.tensor(scale, dtype=torch.float32).reshape(shape).clamp_min(1e-12))
 
-    def encode_inputs(self, fields: torch.Tensor, clim: torch.Tensor) -> torch.Tensor:
-        """Physical (..., C, H, W) fields at the initial time -> model inputs."""
-        w, off, scale = self._scale()
+    def encode_inputs(self, fields: torch.Tensor, clim: torch.Tensor, channels: slice | None = None) -> torch.Tensor:
+        """Physical (..., C, H, W) fields at the initial time -> model inputs (only `channels` when given)."""
+        index = None if channels is None else list(range(len(self.channels)))[channels]
+        w, off, scale = self._scale(index)
         return (fields - w * clim - off) / scale
 
     def encode_targets(self, fields: torch.Tensor, clim: torch.Tensor) -> torch.Tensor:
@@ -194,6 +198,11 @@ class FieldTransform:
         idx = self.target_index
         w, off, scale = self._scale(idx)
         return (fields[..., idx, :, :] - w * clim[..., idx, :, :] - off) / scale
+
+    def encode_target_fields(self, fields: torch.Tensor, clim: torch.Tensor) -> torch.Tensor:
+        """Physical (..., V, H, W) target fields (the targets only) at the valid time -> targets."""
+        w, off, scale = self._scale(self.target_index)
+        return (fields - w * clim - off) / scale
 
     def decode_targets(self, pred: torch.Tensor, clim: torch.Tensor) -> torch.Tensor:
         """Model output (..., V, H, W) -> physical target fields, given the full (..., C, H, W) climatology."""
@@ -217,18 +226,25 @@ class ERA5Forecast:
         self.lead_days = [float(d) for d in lead_days]
         self.lead_steps = [self.split.lead_steps(d) for d in self.lead_days]
 
-    def pairs(self, init: list[int], lead_steps: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoded inputs (n, C, H, W) and targets (n, V, H, W) for init indices and lead steps."""
+    def pairs(self, init: list[int], lead_steps: list[int],
+              channels: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoded inputs (n, C, H, W) and targets (n, V, H, W) for init indices and lead steps.
+
+        channels: read only this slice of the input channels (a D-CHAG rank's partitions);
+        the targets are read as whole channels either way, and nothing else is read.
+        """
         times = self.split.times
         valid = [i + s for i, s in zip(init, lead_steps)]
-        x = torch.from_numpy(self.split.read(init))
-        y = torch.from_numpy(self.split.read(valid))
-        cx = torch.from_numpy(self.climatology.at(times[init]))
-        cy = torch.from_numpy(self.climatology.at(times[valid]))
-        return self.transform.encode_inputs(x, cx), self.transform.encode_targets(y, cy)
+        x = torch.from_numpy(self.split.read(init, channels))
+        cx = torch.from_numpy(self.climatology.at(times[init], channels))
+        targets = self.transform.target_index
+        y = torch.from_numpy(self.split.read(valid, targets))
+        cy = torch.from_numpy(self.climatology.at(times[valid], targets))
+        return self.transform.encode_inputs(x, cx, channels), self.transform.encode_target_fields(y, cy)
 
-    def batch(self, seed: int, step: int, micro: int, global_batch: int, rows: slice) -> Batch:
-        """This rank's rows of the global micro-batch for (step, micro)."""
+    def batch(self, seed: int, step: int, micro: int, global_batch: int, rows: slice,
+              channels: slice | None = None) -> Batch:
+        """This rank's rows of the global micro-batch for (step, micro); only `channels` of the inputs."""
         g = step_generator(seed, step, micro)
         lead_idx = torch.randint(len(self.lead_steps), (global_batch,), generator=g)
         u = torch.rand(global_batch, generator=g, dtype=torch.float64)
@@ -239,7 +255,7 @@ class ERA5Forecast:
             init.append(int(u[k] * (n - self.lead_steps[li])))
             steps.append(self.lead_steps[li])
             leads.append(self.lead_days[li])
-        x, y = self.pairs(init, steps)
+        x, y = self.pairs(init, steps, channels)
         return Batch(x, y, lead_days=torch.tensor(leads))
 
     def close(self) -> None:

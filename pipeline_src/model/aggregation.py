@@ -202,11 +202,25 @@ class DCHAGFrontEnd(nn.Module):
                 del self.partitions[key]
         self.local_partitions = indices
 
+    def input_span(self) -> tuple[int, int]:
+        """Channels [first, last) that this front end's partitions read: all, or this rank's slice."""
+        return self.bounds[self.local_partitions[0]][0], self.bounds[self.local_partitions[-1]][1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x holds all channels, or only input_span()'s (the data path reads no more than that)."""
+        first, last = self.input_span()
+        channels = self.bounds[-1][1]
+        if x.shape[1] == channels:
+            offset = 0
+        elif x.shape[1] == last - first:
+            offset = first
+        else:
+            raise ValueError(f"input has {x.shape[1]} channels; this front end reads all {channels} or "
+                             f"its partitions' channels {first}..{last - 1} ({last - first})")
         local = []
         for i in self.local_partitions:
             start, stop = self.bounds[i]
-            local.append(self.partitions[str(i)](x[:, start:stop]))
+            local.append(self.partitions[str(i)](x[:, start - offset:stop - offset]))
         joined = self.join(torch.stack(local, dim=1))  # (B, partitions, L, D)
         joined = joined + self.partition_embed[None, :, None, :]
         return self.final(joined)

@@ -72,11 +72,20 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
-def build_engine(spec: ModelSpec, mesh: DeviceMesh, device: torch.device, settings, seed: int | None) -> Engine:
+def build_engine(spec: ModelSpec, mesh: DeviceMesh, device: torch.device, settings, seed: int | None,
+                 fake_mode=None) -> Engine:
     """The rank's engine for `spec` on `mesh` with the train settings' precision, recompute,
-    sequence parallelism and optimizer; seed=None leaves the weights unset (a checkpoint fills them)."""
-    with torch.device("meta"):  # nothing allocated until this rank's share is known
-        model = build_model(spec, seed=None)
+    sequence parallelism and optimizer; seed=None leaves the weights unset (a checkpoint fills them).
+
+    fake_mode (a FakeTensorMode, for projections): the model is built as fake tensors on
+    `device` directly (fake tensors cannot be swapped in for meta ones) and cut outside
+    the mode, where the device mesh can make its real index tensors."""
+    if fake_mode is not None:
+        with fake_mode, torch.device(device):
+            model = build_model(spec, seed=None)
+    else:
+        with torch.device("meta"):  # nothing allocated until this rank's share is known
+            model = build_model(spec, seed=None)
     total = num_params(model)
     bf16 = uses_bf16(settings.precision, device)
     fsdp_on = mesh["dp", "fsdp"].size() > 1
@@ -86,6 +95,7 @@ def build_engine(spec: ModelSpec, mesh: DeviceMesh, device: torch.device, settin
         if bf16 and fsdp_on else None
     apply_activation_checkpointing(model, settings.activation_checkpointing)
     par = parallelize(model, mesh, mp_policy, sequence_parallel=settings.sequence_parallel)
-    materialize(model, device, seed=seed)
+    if fake_mode is None:
+        materialize(model, device, seed=seed)
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
     return Engine(par, optimizer, device, total, bf16 and mp_policy is None, mp_policy)

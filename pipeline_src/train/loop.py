@@ -29,6 +29,7 @@ from ..parallel.mesh import (build_mesh, check_world, init_distributed, is_main,
 from ..parallel.walltime import job_end_time
 from ..parallel.plans import data_parallel_rank
 from ..datasets.era5 import ERA5Forecast
+from ..datasets.loader import step_loader
 from ..datasets.spectral import SpectralTiles, SyntheticSpectralTiles
 from .engine import build_engine
 from .losses import forecast_loss, latitude_weights, mae_loss
@@ -62,11 +63,13 @@ class TrainSettings:
     dp: int | str = "auto"
     expected_world: int | None = None  # train.nproc: refuse to start with another number of ranks
     walltime_margin_s: float = 180.0  # checkpoint and stop this long before the Slurm time limit
+    loader_workers: int = 1  # DataLoader worker processes per rank (0 = read in the training process)
+    prefetch: int = 4  # micro-batches each worker reads ahead
 
 
 # Not part of what makes two runs the same run (the resume folder's key): a run may be
 # resumed on another mesh, by another launcher, with another margin.
-LAUNCH_SETTINGS = ("tp", "fsdp", "dp", "expected_world", "walltime_margin_s")
+LAUNCH_SETTINGS = ("tp", "fsdp", "dp", "expected_world", "walltime_margin_s", "loader_workers", "prefetch")
 
 
 @dataclass
@@ -171,6 +174,23 @@ def _loss(job: TrainJob, model, batch, spec: ModelSpec, lat_w, device, autocast)
         return mae_loss(pred.float(), batch.x.to(device), batch.mask.to(device), spec.patch)
 
 
+class _Fetch:
+    """fetch(step, micro) -> this rank's micro-batch; a D-CHAG forecaster's rank reads only its
+    partitions' input channels (the baseline, and the MAE whose targets are every band, read all)."""
+
+    def __init__(self, job: TrainJob, data, spec: ModelSpec, model, seed: int, global_batch: int, rows: slice):
+        self.data, self.task, self.seed, self.global_batch, self.rows = data, job.task, seed, global_batch, rows
+        self.mask_ratio, self.patch = job.data.get("mask_ratio"), spec.patch
+        front = getattr(model, "front", None)
+        span = front.input_span() if hasattr(front, "input_span") else None
+        self.channels = slice(*span) if span is not None and span != (0, spec.channels) else None
+
+    def __call__(self, step: int, micro: int):
+        if self.task == "forecast":
+            return self.data.batch(self.seed, step, micro, self.global_batch, self.rows, self.channels)
+        return self.data.batch(self.seed, step, micro, self.global_batch, self.rows, self.mask_ratio, self.patch)
+
+
 def _sync(pending: list, stop: _StopFlag, device) -> tuple[list[float], list[float], bool]:
     """One host sync for the steps since the last: their mean losses over all ranks, grad norms,
     and whether any rank must stop (agreed by all, in the same all-reduce)."""
@@ -244,17 +264,15 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
         run.set_tags({"resumed_from_step": start, "train_run_key": run_key})
         progress = _progress(is_main(), start, s.steps, job.name)
         t_last, samples_since, pending = time.perf_counter(), 0, []
+        batches = iter(step_loader(_Fetch(job, data, spec, model, s.seed, global_batch, rows), start, s.steps,
+                                   s.grad_accum, s.loader_workers, s.prefetch))
         for step in range(start, s.steps):
             lr = learning_rate(step, s.lr, s.warmup_steps, s.steps, s.min_lr_ratio)
             loss_sum = torch.zeros((), device=device)
             for micro in range(s.grad_accum):
                 if par.fsdp:
                     model.set_requires_gradient_sync(micro == s.grad_accum - 1)
-                if job.task == "forecast":
-                    batch = data.batch(s.seed, step, micro, global_batch, rows)
-                else:
-                    batch = data.batch(s.seed, step, micro, global_batch, rows,
-                                       job.data["mask_ratio"], spec.patch)
+                batch = next(batches)
                 loss = _loss(job, model, batch, spec, lat_w, device, engine.autocast) / s.grad_accum
                 loss.backward()
                 loss_sum += loss.detach()

@@ -64,7 +64,7 @@ def _sacct(jobs: list[str]) -> list[dict]:
 def workdir(tmp_path_factory, cluster):
     wd = tmp_path_factory.mktemp("slurm")
     cfg = dict(TINY, mlflow={"experiment": "slurm"})
-    cfg["train"] = dict(TINY["train"], steps=700, checkpoint_every=0, log_every=50, walltime_margin_s=25,
+    cfg["train"] = dict(TINY["train"], steps=700, checkpoint_every=0, log_every=10, walltime_margin_s=25,
                         variants=[{"name": VARIANT, "task": "forecast", "arch": "dchag-L"}])
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
     proc = _snakemake(wd, "era5_all", profile=False)  # the data stages locally: this test is about training
