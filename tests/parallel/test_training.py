@@ -76,19 +76,18 @@ def test_resume_at_another_world_size(tmp_path):
     summary = json.loads(job2.summary_path.read_text())
     assert summary["resumed_from_step"] == 4 and summary["mesh"]["fsdp"] == 1
     assert len(summary["history"]) == 6
-    # the optimizer state read at world 2 (and 1) is the world-4 state, parameter by parameter
+    # the optimizer state read at world 2 is the world-4 state, parameter by parameter
     states = {}
-    for world, tp, fsdp in ((4, 2, 2), (2, 2, 1), (1, 1, 1)):
+    for world, tp, fsdp in ((4, 2, 2), (2, 2, 1)):
         out = tmp_path / f"optim{world}.pt"
         run_local(workers.optimizer_state, world, str(_latest(job4)), tp, fsdp, str(out))
         states[world] = torch.load(out)
-    assert set(states[4]) == set(states[2]) == set(states[1]) and len(states[4]) > 20
+    assert set(states[4]) == set(states[2]) and len(states[4]) > 20
     for name, ref in states[4].items():
         assert set(ref) == {"step", "exp_avg", "exp_avg_sq"}, name
         assert float(ref["step"]) == 4 and float(ref["exp_avg_sq"].abs().sum()) > 0, name
-        for world in (2, 1):
-            for key, value in ref.items():
-                assert torch.equal(states[world][name][key], value), (world, name, key)
+        for key, value in ref.items():
+            assert torch.equal(states[2][name][key], value), (name, key)
 
 
 def test_checkpoint_from_another_architecture_is_refused(tmp_path):
@@ -152,3 +151,19 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     run_local(workers.train, 2, crashed)
     assert json.loads(crashed.summary_path.read_text())["resumed_from_step"] == 2
     _final_weights_equal(straight, crashed)
+
+
+@pytest.mark.timeout(300)
+def test_bf16_fsdp_mixed_precision_tracks_fp32(tmp_path):
+    """FSDP2's MixedPrecisionPolicy (bf16 parameters and all-gathers, fp32 gradient reduction) at
+    2 ranks stays near the fp32 run, and keeps fp32 master weights in the checkpoint."""
+    fp32 = workers.train_job(tmp_path, "fp32", fsdp=2, steps=6, precision="fp32", partitions=1)
+    bf16 = workers.train_job(tmp_path, "bf16", fsdp=2, steps=6, precision="bf16", partitions=1,
+                             activation_checkpointing="full")
+    run_local(workers.train, 2, fp32)
+    run_local(workers.train, 2, bf16)
+    a, b = _history(fp32), _history(bf16)
+    assert a != b  # bf16 really changed the arithmetic
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=5e-2, atol=1e-3)
+    weights, _ = _weights(bf16.final_dir)
+    assert all(w.dtype == torch.float32 for w in weights.values())
