@@ -34,7 +34,8 @@ def _spec(arch: str, channels: int, a: argparse.Namespace, tp: int) -> ModelSpec
                      partitions=1 if arch == "tp-baseline" else tp, outputs=a.outputs)
 
 
-def _step(engine, x, lead, y, lat_w):
+def forecast_step(engine, x, lead, y, lat_w) -> None:
+    """One training step of a forecaster engine on a fixed batch (the loop's loss, backward and update)."""
     with engine.autocast():
         loss = forecast_loss(engine.model(x, lead).float(), y, lat_w)
     loss.backward()
@@ -48,11 +49,11 @@ def _measure(spec: ModelSpec, mesh, device, a) -> dict:
     y = torch.randn(a.batch, spec.outputs, *spec.image, generator=g).to(device)
     lead = torch.full((a.batch,), 7.0, device=device)
     lat_w = torch.ones(spec.image[0], device=device)
-    _step(engine, x, lead, y, lat_w)  # warm-up: optimizer state exists from here on
+    forecast_step(engine, x, lead, y, lat_w)  # warm-up: optimizer state exists from here on
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-        _step(engine, x, lead, y, lat_w)
+        forecast_step(engine, x, lead, y, lat_w)
         peak = torch.cuda.max_memory_allocated(device)
         by_kind = {}
     else:
@@ -61,14 +62,14 @@ def _measure(spec: ModelSpec, mesh, device, a) -> dict:
         tracker = MemTracker()
         tracker.track_external(engine.model, engine.optimizer)
         with tracker:
-            _step(engine, x, lead, y, lat_w)
+            forecast_step(engine, x, lead, y, lat_w)
         snap = tracker.get_tracker_snapshot("peak")[device]
         peak = snap["Total"]
         by_kind = {k: v for k, v in snap.items() if k != "Total"}
     dist.barrier()
     t0 = time.perf_counter()
     for _ in range(a.steps):
-        _step(engine, x, lead, y, lat_w)
+        forecast_step(engine, x, lead, y, lat_w)
     if device.type == "cuda":
         torch.cuda.synchronize()
     dist.barrier()

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from ..model.build import ModelSpec
 from ..parallel.mesh import build_mesh, resolve_mesh
 from ..train.engine import build_engine
-from ..train.losses import forecast_loss
+from .frontend import forecast_step
 
 GIB = 2**30
 
@@ -39,14 +39,7 @@ class StepRecipe:
 def _inputs(spec: ModelSpec, batch: int):
     x = torch.randn(batch, spec.channels, *spec.image)
     y = torch.randn(batch, spec.outputs, *spec.image)
-    return x, y, torch.full((batch,), 7.0), torch.ones(spec.image[0])
-
-
-def _step(engine, x, y, lead, lat_w) -> None:
-    with engine.autocast():
-        loss = forecast_loss(engine.model(x, lead).float(), y, lat_w)
-    loss.backward()
-    engine.step(1e-4, 1.0)
+    return x, torch.full((batch,), 7.0), y, torch.ones(spec.image[0])
 
 
 def fake_step(spec: ModelSpec, world: int, tp: int, fsdp: int, recipe: StepRecipe | None = None) -> dict:
@@ -69,11 +62,11 @@ def fake_step(spec: ModelSpec, world: int, tp: int, fsdp: int, recipe: StepRecip
         with fake_mode:
             batch = _inputs(spec, recipe.micro_batch)
             if recipe.warmup:  # untracked: AdamW makes its state, DTensor caches its sharding decisions
-                _step(engine, *batch)
+                forecast_step(engine, *batch)
             tracker = MemTracker()
             tracker.track_external(engine.model, engine.optimizer)
             with tracker:
-                _step(engine, *batch)
+                forecast_step(engine, *batch)
             snapshot = tracker.get_tracker_snapshot("peak")[device]
     finally:
         dist.destroy_process_group()

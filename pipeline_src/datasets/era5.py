@@ -196,8 +196,7 @@ class FieldTransform:
     def encode_targets(self, fields: torch.Tensor, clim: torch.Tensor) -> torch.Tensor:
         """Physical (..., C, H, W) fields at the valid time -> targets (..., V, H, W)."""
         idx = self.target_index
-        w, off, scale = self._scale(idx)
-        return (fields[..., idx, :, :] - w * clim[..., idx, :, :] - off) / scale
+        return self.encode_target_fields(fields[..., idx, :, :], clim[..., idx, :, :])
 
     def encode_target_fields(self, fields: torch.Tensor, clim: torch.Tensor) -> torch.Tensor:
         """Physical (..., V, H, W) target fields (the targets only) at the valid time -> targets."""

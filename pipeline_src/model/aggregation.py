@@ -80,7 +80,10 @@ class LinearChannelMix(nn.Module):
 
     def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
         """Start as the plain mean over the channels, no bias."""
-        tensor.fill_(1.0 / tensor.numel()) if name == "weight" else tensor.zero_()
+        if name == "weight":
+            tensor.fill_(1.0 / tensor.numel())
+        else:
+            tensor.zero_()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bnld,n->bld", tokens, self.weight) + self.bias

@@ -54,8 +54,7 @@ def init_weights(model: nn.Module, seed: int, write: Writer = _copy) -> None:
             if param.device.type == "meta":
                 raise ValueError("materialise the model (to_empty) before initialising it")
             qualified = f"{module_name}.{name}" if module_name else name
-            device = param.device if param.device.type != "cpu" else torch.device("cpu")
-            generator = torch.Generator(device=device).manual_seed(param_seed(seed, qualified))
-            full = torch.empty(tuple(param.shape), dtype=param.dtype, device=device)
+            generator = torch.Generator(device=param.device).manual_seed(param_seed(seed, qualified))
+            full = torch.empty(tuple(param.shape), dtype=param.dtype, device=param.device)
             init_parameter(module, name, full, generator)
             write(param, full)

@@ -2,7 +2,8 @@
 
 Build on the meta device -> activation checkpointing -> D-CHAG/TP/FSDP2 -> allocate this
 rank's share and initialise it (name-seeded) -> foreach AdamW. The training loop, the
-evaluation and the fake-world projections all go through here.
+front-end benchmark and the fake-world projections go through here (evaluation builds
+the same way but without an optimizer: evaluate.runtime.load_parallel).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ class Engine:
     device: torch.device
     total_params: int
     autocast_bf16: bool  # bf16 autocast (no FSDP); under FSDP the MixedPrecisionPolicy does it
-    mp_policy: MixedPrecisionPolicy | None
 
     @property
     def model(self) -> nn.Module:
@@ -98,4 +98,4 @@ def build_engine(spec: ModelSpec, mesh: DeviceMesh, device: torch.device, settin
     if fake_mode is None:
         materialize(model, device, seed=seed)
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
-    return Engine(par, optimizer, device, total, bf16 and mp_policy is None, mp_policy)
+    return Engine(par, optimizer, device, total, bf16 and mp_policy is None)
