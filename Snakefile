@@ -16,6 +16,7 @@ include: "workflow/rules/era5.smk"
 include: "workflow/rules/hyperspectral.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -24,4 +25,5 @@ rule all:
         rules.hs_all.input,
         rules.train_all.input,
         rules.evaluate_all.input,
+        rules.report_all.input,
     default_target: True

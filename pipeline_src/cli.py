@@ -240,6 +240,48 @@ def cmd_mlflow_sync(args) -> None:
     log.info("MLflow: filed %d run record(s) from %s", n, args.pending)
 
 
+def cmd_report(args) -> None:
+    """Measure D-CHAG vs TP-only here, check the projection, model throughput; write the report."""
+    from .report.stage import make_report
+
+    out = make_report(config_mod.load(args.config), args.train, args.output_dir, args.rule, args.paper)
+    log.info("report: %d measured configurations in %.0f s", out["rows"], out["seconds"])
+
+
+def cmd_report_paper(args) -> None:
+    """Project the authors' configurations and run the planner example."""
+    from tqdm import tqdm
+
+    from .report.stage import make_paper
+
+    out = make_paper(config_mod.load(args.config), args.output_dir, args.rule, tqdm)
+    log.info("paper-scale projection: %d rows in %.0f s", out["rows"], out["seconds"])
+
+
+def cmd_plan(args) -> None:
+    """Print the planner's layouts and recommendation."""
+    from .report.planner import PlanRequest, plan, plan_table
+
+    req = PlanRequest(params=args.params, channels=args.channels, gpus=args.gpus, gpu_mem_gb=args.gpu_mem_gb,
+                      image=tuple(args.image), patch=args.patch, micro_batch=args.micro_batch,
+                      gpus_per_node=args.gpus_per_node, max_tp=args.max_tp, archs=tuple(args.archs),
+                      trees=tuple(tuple(t) for t in ([[]] + ([args.tree] if args.tree else []))),
+                      recompute=tuple(args.recompute), hsdp=args.hsdp, headroom=args.headroom, hardware=args.hardware)
+    try:
+        result = plan(req, args.processes)
+    except ValueError as err:
+        raise InputError(None, str(err)) from None
+    print(plan_table(result))
+    print()
+    print(("recommended: " + result["reason"]) if result["recommendation"] else result["reason"])
+    if args.json:
+        from .io import write_json
+
+        write_json(args.json, result)
+    if not result["recommendation"]:
+        raise InputError(None, result["reason"])
+
+
 def cmd_bench_era5(args) -> None:
     """Print regridding throughput per importable backend and the ERA5 stage wall times."""
     from .bench.era5 import main as bench_main
@@ -329,6 +371,41 @@ def build_parser() -> argparse.ArgumentParser:
     for e in ev.choices.values():
         e.add_argument("--config", default="config.yaml")
         e.add_argument("--rule", default=None)
+
+    rp = sub.add_parser("report", help="memory/throughput report stage").add_subparsers(dest="part", required=True)
+    r = rp.add_parser("run", help="measure here, check the projection, model throughput, write report.md")
+    r.add_argument("--train", required=True, help="training folder (the variants' summaries)")
+    r.add_argument("--output-dir", required=True)
+    r.add_argument("--paper", default=None, help="paper-scale folder (report paper) to include")
+    r.set_defaults(func=cmd_report)
+    r = rp.add_parser("paper", help="project the authors' configurations and run the planner example")
+    r.add_argument("--output-dir", required=True)
+    r.set_defaults(func=cmd_report_paper)
+    for r in rp.choices.values():
+        r.add_argument("--config", default="config.yaml")
+        r.add_argument("--rule", default=None)
+
+    pl = sub.add_parser("plan", help="projected peak GB per GPU of each layout, and the one to launch")
+    pl.add_argument("--params", required=True, help="backbone class: 1.7B, 7B, 15B or 26B (depth 32)")
+    pl.add_argument("--channels", type=int, required=True)
+    pl.add_argument("--gpus", type=int, required=True)
+    pl.add_argument("--gpu-mem-gb", type=float, required=True, help="memory per GPU in GiB (64 on a Frontier GCD)")
+    pl.add_argument("--image", type=int, nargs=2, default=[128, 256])
+    pl.add_argument("--patch", type=int, default=4)
+    pl.add_argument("--micro-batch", type=int, default=1, help="samples per GPU per step")
+    pl.add_argument("--gpus-per-node", type=int, default=8)
+    pl.add_argument("--max-tp", type=int, default=None, help="largest TP size (default: a node)")
+    pl.add_argument("--archs", nargs="+", default=["dchag-L", "dchag-C"],
+                    choices=["tp-baseline", "dchag-L", "dchag-C", "gather-all"])
+    pl.add_argument("--tree", type=int, nargs="*", default=None, help="also try this aggregation tree, e.g. 4")
+    pl.add_argument("--recompute", nargs="+", default=["none", "blocks"], choices=["none", "blocks", "full"])
+    pl.add_argument("--hsdp", action="store_true", help="also try FSDP within a node, data parallel across nodes")
+    pl.add_argument("--headroom", type=float, default=0.10, help="fraction kept free (allocator, comm buffers)")
+    pl.add_argument("--hardware", default="mi250x-gcd", choices=["mi250x-gcd", "h100-sxm"],
+                    help="for the throughput estimate that ranks the layouts")
+    pl.add_argument("--processes", type=int, default=None, help="projection worker processes (default: cores)")
+    pl.add_argument("--json", default=None, help="also write every layout as JSON here")
+    pl.set_defaults(func=cmd_plan)
 
     ml = sub.add_parser("mlflow", help="MLflow store").add_subparsers(dest="action", required=True)
     m = ml.add_parser("sync", help="file pending run records now (follow a running training in mlflow ui)")

@@ -14,6 +14,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Iterator
@@ -133,8 +134,13 @@ class StageRun:
                 self.client.log_artifact(self.run_id, str(path), artifact_path)
 
 
+def metric_name(name: str) -> str:
+    """An MLflow-legal metric name: characters MLflow refuses (commas, brackets, ...) become '_'."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name)
+
+
 def _numeric(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()
+    return {metric_name(k): float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 

@@ -131,26 +131,33 @@ class PartialAggregator(nn.Module):
         return torch.stack([self.pool(part) for part in torch.split(tokens, groups, dim=1)], dim=1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        for level, groups in enumerate(self.group_sizes):
+        *inner, last = range(len(self.group_sizes))
+        for level in inner:  # (B, N, L, D) -> (B, groups, L, D)
+            groups = self.group_sizes[level]
             if self.pool is not None:
                 tokens = self._shared_level(tokens, groups)
             else:
                 parts = torch.split(tokens, groups, dim=1)
                 tokens = torch.stack([node(part) for node, part in zip(self.levels[level], parts)], dim=1)
-        return tokens[:, 0]
+        # one node left: (B, groups, L, D) -> (B, L, D)
+        return (self.pool if self.pool is not None else self.levels[last][0])(tokens)
 
 
 class PartitionEncoder(nn.Module):
-    """Tokenize one channel slice and aggregate it to one token per patch: (B, c, H, W) -> (B, L, D)."""
+    """Tokenize one channel slice and aggregate it to one token per patch: (B, c, H, W) -> (B, L, D).
+
+    kind "none" (the all-tokens-gather control) skips the aggregation: (B, c, H, W) -> (B, c, L, D).
+    """
 
     def __init__(self, channels: int, patch: int, dim: int, kind: str, tree: Sequence[int], heads: int,
                  shared_pool: bool = True):
         super().__init__()
         self.tokenizer = ChannelTokenizer(channels, patch, dim)
-        self.aggregate = PartialAggregator(channels, kind, tree, dim, heads, shared_pool)
+        self.aggregate = None if kind == "none" else PartialAggregator(channels, kind, tree, dim, heads, shared_pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.aggregate(self.tokenizer(x))
+        tokens = self.tokenizer(x)
+        return tokens if self.aggregate is None else self.aggregate(tokens)
 
 
 class BaselineFrontEnd(nn.Module):
@@ -175,6 +182,10 @@ class DCHAGFrontEnd(nn.Module):
     `partitions` fixes the architecture (one private encoder per slice). Under TP of size T
     each rank owns partitions/T consecutive partitions, so a checkpoint trained at one TP
     size loads at any TP size that divides `partitions`.
+
+    kind "none" is the paper's control ("gather-all"): distributed tokenization, then the
+    gather of ALL channel tokens and the final attention over C of them. It computes the
+    baseline's function and saves no memory: the gain comes from aggregating before the gather.
     """
 
     def __init__(self, channels: int, partitions: int, patch: int, dim: int, heads: int,
@@ -188,7 +199,11 @@ class DCHAGFrontEnd(nn.Module):
             str(i): PartitionEncoder(stop - start, patch, dim, kind, tree, heads, shared_pool)
             for i, (start, stop) in enumerate(self.bounds)
         })
-        self.partition_embed = nn.Parameter(torch.empty(partitions, dim))
+        self.gather_all = kind == "none"
+        if self.gather_all and channels % partitions:
+            raise ValueError(f"gather-all needs equal partitions: {channels} channels, {partitions} partitions")
+        # channel tokens carry their channel embedding; aggregated partition tokens get one of their own
+        self.partition_embed = None if self.gather_all else nn.Parameter(torch.empty(partitions, dim))
         self.final = CrossAttentionPool(dim, heads)
         self.local_partitions: list[int] = list(range(partitions))
         self.join: Callable[[torch.Tensor], torch.Tensor] = _identity
@@ -224,6 +239,8 @@ class DCHAGFrontEnd(nn.Module):
         for i in self.local_partitions:
             start, stop = self.bounds[i]
             local.append(self.partitions[str(i)](x[:, start - offset:stop - offset]))
+        if self.gather_all:
+            return self.final(self.join(torch.cat(local, dim=1)))  # (B, C, L, D)
         joined = self.join(torch.stack(local, dim=1))  # (B, partitions, L, D)
         joined = joined + self.partition_embed[None, :, None, :]
         return self.final(joined)

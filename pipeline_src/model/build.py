@@ -1,4 +1,4 @@
-"""Model variant (tp-baseline, dchag-L, dchag-C) + task -> an nn.Module, from one spec."""
+"""Model variant (tp-baseline, dchag-L, dchag-C, the gather-all control) + task -> an nn.Module, from one spec."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from .aggregation import BaselineFrontEnd, DCHAGFrontEnd, partition_bounds, tree
 from .arch import Forecaster, MaskedAutoencoder
 from .init import init_weights
 
-ARCHS = ("tp-baseline", "dchag-L", "dchag-C")
+ARCHS = ("tp-baseline", "dchag-L", "dchag-C", "gather-all")
 POOL_SHARING = ("partition", "node")
 TASKS = ("forecast", "mae")
-PARTIAL_KIND = {"dchag-L": "linear", "dchag-C": "attention"}
+PARTIAL_KIND = {"dchag-L": "linear", "dchag-C": "attention", "gather-all": "none"}
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,9 @@ def check_spec(spec: ModelSpec) -> None:
                              f"each partition needs at least one channel")
         for start, stop in partition_bounds(spec.channels, spec.partitions):
             tree_sizes(stop - start, spec.tree)
+    if spec.arch == "gather-all" and (spec.tree or spec.channels % spec.partitions):
+        raise ValueError(f"gather-all aggregates nothing before its gather: it takes no tree and "
+                         f"{spec.partitions} equal partitions of the {spec.channels} channels")
 
 
 def build_model(spec: ModelSpec, seed: int | None = 0) -> nn.Module:

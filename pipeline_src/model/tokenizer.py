@@ -45,4 +45,5 @@ class ChannelTokenizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         patches = patchify(x, self.patch)
         tokens = torch.einsum("bclk,ckd->bcld", patches, self.weight)
-        return tokens + self.channel_embed[None, :, None, :]
+        # in the einsum's dtype: under bf16 autocast an fp32 embedding would promote all C x L tokens to fp32
+        return tokens + self.channel_embed.to(tokens.dtype)[None, :, None, :]

@@ -32,6 +32,7 @@ TINY = {
     "forecast": {"targets": ["z_500", "t2m"], "lead_days": [1, 2]},
     "hyperspectral": {"synthetic": {"images": 3, "lines": 32, "samples": 48, "bands": 100},
                       "bands": {"expected": 100, "bin": 4}, "tiles": {"size": [16, 16]}},
+    "report": {"channels": [8, 32], "dim": 16, "heads": 2, "image": [16, 32], "steps": 1, "tree": [2]},
 }
 VARIANTS = ["forecast-tp-baseline", "forecast-dchag-L", "mae-dchag-L"]
 
@@ -87,7 +88,7 @@ def test_mlflow_parent_and_children(workflow_run):
     assert {k: len(v) for k, v in by_rule.items()} == {"era5_acquire": 7, "era5_regrid": 7,
                                                        "era5_assemble": 1, "train": 3,
                                                        "hs_preprocess": 3, "hs_tiles": 1, "evaluate": 3,
-                                                       "evaluate_baselines": 1, "scorecard": 1}
+                                                       "evaluate_baselines": 1, "scorecard": 1, "report": 1}
     assert all(r.info.status == "FINISHED" for r in children)
     regrid = by_rule["era5_regrid"][0]
     assert regrid.data.tags["stage"] == "era5_regrid" and regrid.data.tags["regrid_backend"] == "xarray-regrid"
@@ -189,6 +190,31 @@ def test_evaluation_outputs_and_tracking(workflow_run):
     card_run = next(r for r in runs if r.data.tags.get("rule") == "scorecard")
     assert {f.path for f in client.list_artifacts(card_run.info.run_id)} >= {"scorecard.md", "scorecard.csv",
                                                                                "scorecard_plots"}
+
+
+def test_report_outputs_and_tracking(workflow_run):
+    import csv
+
+    wd, _ = workflow_run
+    out = wd / "results/report"
+    rows = list(csv.DictReader(open(out / "measured.csv")))
+    variants = ["tp-baseline", "gather-all", "dchag-L", "dchag-L tree[2]", "dchag-C", "dchag-C tree[2]"]
+    assert [(r["channels"], r["variant"]) for r in rows] == [(c, v) for c in ("8", "32") for v in variants]
+    assert all(float(r["peak_mib"]) > 0 and float(r["samples_per_s"]) > 0 for r in rows)
+    assert {r["variant"]: float(r["peak_mib_vs_tp"]) for r in rows if r["channels"] == "8"}["tp-baseline"] == 1.0
+    text = (out / "report.md").read_text()
+    for v in variants:
+        assert f"| 32 | {v} |" in text
+    for section in ("## 1. Measured on this machine", "### Projection check", "### The trained variants' own runs",
+                    "## 2. Projected to the authors' scale", "snakemake report_paper", "## 3. Throughput model"):
+        assert section in text
+    for name in VARIANTS:
+        assert f"| {name} |" in text
+    assert {p.name for p in (out / "plots").iterdir()} == {"measured_ratios.png", "measured_by_kind.png"}
+    client, runs = _runs(wd)
+    run = next(r for r in runs if r.data.tags.get("rule") == "report")
+    assert "peak_vs_tp.dchag-L.32ch" in run.data.metrics and run.data.metrics["wall_s"] > 0
+    assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {"report.md", "measured.csv", "plots"}
 
 
 def test_secret_never_written(workflow_run):

@@ -16,6 +16,7 @@ from pipeline_src.parallel.plans import check_tp
 from pipeline_src.train.losses import latitude_weights, mae_loss, mae_targets
 from pipeline_src.train.schedule import learning_rate
 from tests.conftest import SMALL
+from tests.parallel.workers import SMALL as SMALL_MODEL
 
 FORECAST_TARGETS = {"targets": ["z_500", "t2m"]}
 
@@ -146,3 +147,21 @@ def test_resume_folder_ignores_the_mesh_but_not_the_run():
     assert run_fingerprint(spec, TrainSettings(tp=2), {"store": "u.zarr"}) != base
     other = ModelSpec(**{**spec.to_dict(), "image": (8, 8), "tree": (), "channel_names": (), "dim": 16})
     assert run_fingerprint(other, TrainSettings(tp=2), {"store": "t.zarr"}) != base
+
+
+def test_gather_all_control_computes_the_baseline_function():
+    """Distributed tokenization + gather of every channel token + final attention = the TP-only front end."""
+    base = build_model(ModelSpec(arch="tp-baseline", task="forecast", **SMALL_MODEL), seed=0)
+    control = build_model(ModelSpec(arch="gather-all", task="forecast", partitions=2, **SMALL_MODEL), seed=1)
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith("front.")}
+    front = base.front
+    for i, (start, stop) in enumerate(control.front.bounds):
+        state[f"front.partitions.{i}.tokenizer.weight"] = front.tokenizer.weight[start:stop]
+        state[f"front.partitions.{i}.tokenizer.channel_embed"] = front.tokenizer.channel_embed[start:stop]
+    state.update({f"front.final.{k}": v for k, v in front.aggregate.state_dict().items()})
+    control.load_state_dict(state)  # strict: the control has no other parameters
+    x = torch.randn(2, SMALL_MODEL["channels"], *SMALL_MODEL["image"])
+    lead = torch.tensor([7.0, 30.0])
+    torch.testing.assert_close(control(x, lead), base(x, lead))
+    with pytest.raises(ValueError, match="gather-all .* equal partitions"):
+        build_model(ModelSpec(arch="gather-all", task="forecast", partitions=3, **SMALL_MODEL))

@@ -26,6 +26,7 @@ def exactness_specs() -> list[ModelSpec]:
         ModelSpec(arch="dchag-L", task="forecast", partitions=4, tree=(2,), **SMALL),
         ModelSpec(arch="dchag-C", task="forecast", partitions=4, tree=(2,), **SMALL),
         ModelSpec(arch="dchag-C", task="forecast", partitions=2, tree=(), **SMALL),
+        ModelSpec(arch="gather-all", task="forecast", partitions=2, **SMALL),
         ModelSpec(arch="dchag-L", task="mae", partitions=4, tree=(), **SMALL),
         ModelSpec(arch="tp-baseline", task="mae", **SMALL),
     ]
