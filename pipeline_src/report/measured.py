@@ -22,6 +22,7 @@ from ..parallel.mesh import build_mesh, init_distributed, launch_env, pick_devic
 from ..train.engine import build_engine
 from ..train.losses import forecast_loss
 from .collectives import CollectiveLog
+from .traffic import StepTraffic
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,8 @@ def measure(spec: ModelSpec, mesh, device, s: MeasureSettings) -> dict:
     batch = step_inputs(spec, s.batch, device)
     forecast_step(engine, *batch)  # warm-up: optimizer state exists from here on
     result = _peak(engine, batch, device)
-    log, flops = CollectiveLog(), FlopCounterMode(display=False)
-    with log, flops:
+    log, flops, traffic = CollectiveLog(), FlopCounterMode(display=False), StepTraffic()
+    with log, flops, traffic:
         forecast_step(engine, *batch)
     dist.barrier()
     t0 = time.perf_counter()
@@ -132,7 +133,8 @@ def measure(spec: ModelSpec, mesh, device, s: MeasureSettings) -> dict:
         torch.cuda.synchronize()
     dist.barrier()
     seconds = (time.perf_counter() - t0) / s.steps
-    return {**result, "collectives": log.summary(), "collective_groups": log.by_group(), "flops": int(flops.get_total_flops()),
+    return {**result, "collectives": log.summary(), "collective_groups": log.by_group(),
+            "traffic": traffic.summary(), "flops": int(flops.get_total_flops()),
             "step_s": seconds, "samples_per_s": s.batch / seconds, "parameters": engine.total_params}
 
 
@@ -151,6 +153,20 @@ def link_bandwidth(device: torch.device, mib: int = 16, repeats: int = 5) -> flo
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - t0) / repeats
     return buf.numel() * 4 * 2 * (world - 1) / world / seconds / 1e9
+
+
+def copy_gb_s(device: torch.device, mib: int = 64, repeats: int = 5) -> float:
+    """Sustained memory bandwidth (GB/s read + written) of a large copy on this rank, all ranks at once."""
+    a = torch.ones(mib * 2**20 // 4, device=device)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        b.copy_(a)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * a.numel() * 4 * repeats / (time.perf_counter() - t0) / 1e9
 
 
 def matmul_tflops(device: torch.device, size: int = 1024, repeats: int = 5) -> float:
@@ -184,7 +200,8 @@ def worker(s: MeasureSettings, out_file: str) -> None:
             dist.all_gather_object(per_rank, r)
             results.append({"variant": variant.label, "arch": variant.arch, "tree": list(variant.tree),
                             "channels": channels, "ranks": per_rank})
-    calibration = {"matmul_tflops": matmul_tflops(device), "allreduce_gb_s": link_bandwidth(device)}
+    calibration = {"matmul_tflops": matmul_tflops(device), "allreduce_gb_s": link_bandwidth(device),
+                   "memory_gb_s": copy_gb_s(device)}
     if env.rank == 0:
         Path(out_file).write_text(json.dumps({"device": device.type, "device_name": _device_name(device),
                                               "world": env.world_size, "threads_per_rank": torch.get_num_threads(),

@@ -78,6 +78,18 @@ def spec_of(req: PlanRequest, arch: str, tree: tuple[int, ...], tp: int) -> Mode
                      partitions=1 if arch == "tp-baseline" else tp, outputs=req.channels)
 
 
+_PROJECTED: dict[tuple, dict] = {}  # a layout's projection does not depend on the memory asked about
+
+
+def _project_all(jobs: list[tuple], processes: int | None) -> list[dict]:
+    keys = [(spec.fingerprint(), world, tp, fsdp, recipe) for _, spec, world, tp, fsdp, recipe in jobs]
+    todo = [(k, j) for k, j in zip(keys, jobs) if k not in _PROJECTED]
+    if todo:
+        for (k, _), r in zip(todo, run_many([j for _, j in todo], processes)):
+            _PROJECTED[k] = r
+    return [_PROJECTED[k] for k in keys]
+
+
 def _evaluate(req: PlanRequest, layouts: list[dict], processes: int | None) -> list[dict]:
     jobs = []
     for lay in layouts:
@@ -86,9 +98,9 @@ def _evaluate(req: PlanRequest, layouts: list[dict], processes: int | None) -> l
     hw = HARDWARE[req.hardware]
     usable = req.gpu_mem_gb * (1 - req.headroom)
     out = []
-    for lay, r in zip(layouts, run_many(jobs, processes)):
+    for lay, r in zip(layouts, _project_all(jobs, processes)):
         gib = r["peak_bytes"] / 2**30
-        est = step_estimate(r["flops"], r["collective_groups"], hw)
+        est = step_estimate(r["flops"], r["collective_groups"], hw, r.get("traffic"))
         samples = req.micro_batch * req.gpus // lay["tp"]
         out.append({**lay, "tree": list(lay["tree"]), "peak_gib": gib, "margin_gib": usable - gib,
                     "fits": gib <= usable, "by_kind_gib": {k: v / 2**30 for k, v in r["by_kind"].items()},

@@ -27,6 +27,7 @@ from ..model.build import ModelSpec
 from ..parallel.mesh import build_mesh, resolve_mesh
 from ..train.engine import build_engine
 from .collectives import CollectiveLog
+from .traffic import StepTraffic
 from .measured import forecast_step, step_inputs
 
 GIB = 2**30
@@ -68,21 +69,23 @@ def fake_step(spec: ModelSpec, world: int, tp: int, fsdp: int, recipe: StepRecip
             batch = step_inputs(spec, recipe.micro_batch)
             if recipe.warmup:  # untracked: AdamW makes its state, DTensor caches its sharding decisions
                 forecast_step(engine, *batch)
-            tracker, log, flops = MemTracker(), CollectiveLog(), FlopCounterMode(display=False)
+            tracker, log, flops, traffic = MemTracker(), CollectiveLog(), FlopCounterMode(display=False), StepTraffic()
             tracker.track_external(engine.model, engine.optimizer)
-            with tracker, log, flops:
+            with tracker, log, flops, traffic:
                 forecast_step(engine, *batch)
             snapshot = tracker.get_tracker_snapshot("peak")[device]
-            forward = FlopCounterMode(display=False)  # the authors' TFLOPS count 3 x forward FLOPs
+            # the authors' TFLOPS count 3 x forward FLOPs; StepTraffic counts this rank's local ops
+            # (FlopCounterMode alone counts a DTensor op's global FLOPs)
+            forward = StepTraffic()
             with forward, torch.no_grad(), engine.autocast():
                 engine.model(batch[0], batch[1])
     finally:
         dist.destroy_process_group()
     by_kind = {str(k).split(".")[-1].lower(): int(v) for k, v in snapshot.items() if k != "Total"}
     return {"peak_bytes": int(snapshot["Total"]), "by_kind": by_kind, "parameters": engine.total_params,
-            "flops": int(flops.get_total_flops()), "forward_flops": int(forward.get_total_flops()),
+            "flops": int(flops.get_total_flops()), "forward_flops": forward.matmul_flops,
             "collectives": log.summary(),
-            "collective_groups": log.by_group(),
+            "collective_groups": log.by_group(), "traffic": traffic.summary(),
             "world": world, "tp": tp, "fsdp": fsdp, "depth": spec.depth, "recipe": asdict(recipe),
             "seconds": time.perf_counter() - start}
 
@@ -119,7 +122,7 @@ def project(spec: ModelSpec, world: int, tp: int, fsdp: int, recipe: StepRecipe 
     a = fake_step(replace(spec, depth=da), world, tp, fsdp, recipe)
     b = fake_step(replace(spec, depth=db), world, tp, fsdp, recipe)
     out = dict(a)
-    for key in ("peak_bytes", "by_kind", "parameters", "flops", "forward_flops", "collectives"):
+    for key in ("peak_bytes", "by_kind", "parameters", "flops", "forward_flops", "collectives", "traffic"):
         out[key] = _extend(a[key], b[key], da, db, spec.depth)
     out["by_kind"] = _consistent_kinds(out["by_kind"], b["by_kind"], out["peak_bytes"])
     groups_b = {(g["kind"], g["group_size"], g["rank_span"]): g for g in b["collective_groups"]}

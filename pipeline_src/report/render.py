@@ -19,7 +19,7 @@ def add_throughput(rows: list[dict]) -> list[dict]:
         r = dict(r)
         micro = r["recipe"]["micro_batch"]
         for key, hw in (("mi250x", HARDWARE["mi250x-gcd"]), ("h100", HARDWARE["h100-sxm"])):
-            est = step_estimate(r["flops"], r["collective_groups"], hw)
+            est = step_estimate(r["flops"], r["collective_groups"], hw, r.get("traffic"))
             r[f"{key}_step_s"], r[f"{key}_comm_s"] = est["step_s"], est["comm_s"]
             r[f"{key}_samples_per_s"] = micro / est["step_s"]
             r[f"{key}_tflops"] = 3 * r.get("forward_flops", 0) / est["step_s"] / 1e12
@@ -35,10 +35,11 @@ def _implied(r: dict) -> list[str]:
 
 
 def _hardware_table(hws: list[Hardware]) -> str:
-    return md_table(["device", "peak TFLOPS", "sustained fraction", "intra-node GB/s", "inter-node GB/s per device",
-                     "source"],
-                    [[h.name, f"{h.peak_tflops:.3g}", f"{h.efficiency:.2f}", f"{h.intra_node_gb_s:.3g}",
-                      f"{h.inter_node_gb_s:.3g}", h.source] for h in hws])
+    return md_table(["device", "peak TFLOPS", "sustained fraction", "memory GB/s", "sustained fraction",
+                     "intra-node GB/s", "inter-node GB/s per device", "source"],
+                    [[h.name, f"{h.peak_tflops:.3g}", f"{h.efficiency:.2f}", f"{h.memory_gb_s:.4g}",
+                      f"{h.memory_efficiency:.2f}", f"{h.intra_node_gb_s:.3g}", f"{h.inter_node_gb_s:.3g}", h.source]
+                     for h in hws])
 
 
 def report_markdown(measured: dict, rows: list[dict], check: list[dict], hw: Hardware, trained: list[dict], cfg) -> str:
@@ -83,8 +84,9 @@ def report_markdown(measured: dict, rows: list[dict], check: list[dict], hw: Har
     else:
         lines += ["See the sections below.", ""]
     lines += ["## 3. Throughput model", "",
-              "step time = FLOPs / (peak x sustained fraction) + sum of collective bytes x ring factor / link "
-              "bandwidth; compute and communication are added (no overlap). Devices:", "",
+              "step time = max(matmul FLOPs / sustained FLOP rate, matmul bytes / sustained memory bandwidth) + "
+              "other ops' bytes / sustained memory bandwidth + collective bytes x ring factor / link bandwidth "
+              "(report.throughput); compute and communication are added (no overlap), ops are not fused. Devices:", "",
               _hardware_table([hw, HARDWARE["mi250x-gcd"], HARDWARE["h100-sxm"]]), "",
               "Check on this machine (its measured matmul rate and all-reduce bandwidth, rank 0):", "",
               md_table(["channels", "variant", "FLOPs/step", "comm MiB/step", "measured step s", "estimated step s",
@@ -92,16 +94,16 @@ def report_markdown(measured: dict, rows: list[dict], check: list[dict], hw: Har
                        [[r["channels"], r["variant"], f"{r['flops']:.3g}", f"{r['comm_bytes'] / 2**20:.1f}",
                          f"{r['step_s']:.3f}", f"{_est(r, measured, hw):.3f}", f"{_est(r, measured, hw) / r['step_s']:.2f}"]
                         for r in rows]), "",
-              "The model counts matmul FLOPs at the measured matmul rate; elementwise, softmax and copy work is "
-              "memory-bound and not in it, so on a CPU the estimate falls below the measured step where those "
-              "dominate (many channels, little depth)."]
+              "On this machine the rates are measured (matmul, copy, all-reduce), so the ratio tests the model's "
+              "form: how much of a step is its matmuls, its memory traffic and its collectives, with Python, "
+              "dispatch and allocator overheads the rest."]
     return "\n".join(lines)
 
 
 def _est(row: dict, measured: dict, hw: Hardware) -> float:
     result = next(r for r in measured["results"] if r["channels"] == row["channels"] and r["variant"] == row["variant"])
     rank0 = result["ranks"][0]
-    return step_estimate(rank0["flops"], rank0["collective_groups"], hw)["step_s"]
+    return step_estimate(rank0["flops"], rank0["collective_groups"], hw, rank0.get("traffic"))["step_s"]
 
 
 def closest_recipe(rows: list[dict]) -> tuple[str | None, dict[str, float]]:

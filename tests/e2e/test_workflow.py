@@ -210,7 +210,7 @@ def test_report_outputs_and_tracking(workflow_run):
         assert section in text
     for name in VARIANTS:
         assert f"| {name} |" in text
-    assert {p.name for p in (out / "plots").iterdir()} == {"measured_ratios.png", "measured_by_kind.png"}
+    assert {p.name for p in (out / "plots").glob("*.png")} == {"measured_ratios.png", "measured_by_kind.png"}
     client, runs = _runs(wd)
     run = next(r for r in runs if r.data.tags.get("rule") == "report")
     assert "peak_vs_tp.dchag-L.32ch" in run.data.metrics and run.data.metrics["wall_s"] > 0

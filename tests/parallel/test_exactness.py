@@ -6,14 +6,13 @@ from pipeline_src.parallel.spawn import run_local
 
 from . import workers
 
-MESHES = [  # (tp, fsdp, dp, sequence_parallel, activation_checkpointing)
+MESHES = [  # (tp, fsdp, dp, sequence_parallel, activation_checkpointing); SP at TP 2, alone and with FSDP
     (1, 1, 1, False, "none"),
     (2, 1, 1, False, "none"),
     (4, 1, 1, False, "none"),
     (2, 2, 1, False, "none"),
     (2, 1, 2, False, "blocks"),
     (2, 1, 1, True, "full"),
-    (4, 1, 1, True, "none"),
     (2, 2, 1, True, "full"),
 ]
 

@@ -57,9 +57,9 @@ def test_7b_and_26b_take_a_training_step_as_rank_0_of_a_large_world():
 
 @pytest.mark.timeout(300)
 def test_depth_extension_matches_a_full_depth_step():
-    results = _results({"extended": _project(64, 32, 4, 8, 4, 2, 2, 0), "full": _project(64, 32, 4, 8, 4, 2, 2, 1)})
+    results = _results({"extended": _project(64, 32, 4, 8, 2, 2, 1, 0), "full": _project(64, 32, 4, 8, 2, 2, 1, 1)})
     ext, full = results["extended"], results["full"]
     assert ext["parameters"] == full["parameters"] and ext["flops"] == full["flops"]
     assert ext["collectives"] == full["collectives"]
-    # within 5% on this small model (4.3% measured); the paper-scale report checks it at depth 32 (under 3%)
+    # within 5% on this small model; the paper-scale report checks it at depth 32 (under 3%)
     assert ext["peak_bytes"] == pytest.approx(full["peak_bytes"], rel=0.05)

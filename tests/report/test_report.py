@@ -69,7 +69,7 @@ def test_planner_recommends_a_layout_that_fits_and_the_next_smaller_does_not():
     assert peaks[("none", 1)] > peaks[("none", 2)]  # TP 2 x FSDP 1 vs TP 1 x FSDP 2: channels and heads split
     assert peaks[("blocks", 1)] < peaks[("none", 1)]
     budget = (peaks[("none", 1)] + peaks[("none", 2)]) / 2
-    result = plan(_tiny(budget), processes=2)
+    result = plan(_tiny(budget), processes=2)  # the same layouts: projected once, in this process
     rec = result["recommendation"]
     assert rec["fits"] and rec["peak_gib"] <= budget and rec["margin_gib"] >= 0
     projected = {(r["recompute"], r["tp"]): r for r in result["layouts"]}
