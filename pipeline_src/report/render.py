@@ -80,7 +80,7 @@ def report_markdown(measured: dict, rows: list[dict], check: list[dict], hw: Har
               "## 2. Projected to the authors' scale", ""]
     if not cfg.data["report"]["paper_scale"]:
         lines += ["Not in this report: set `report.paper_scale: true`, or run `snakemake report_paper` for "
-                  "`results/report/paper/paper.md` alone (CPU only, about 15 minutes on 2 cores).", ""]
+                  "`results/report/paper/paper.md` alone (CPU only, about 16 minutes on 2 cores).", ""]
     else:
         lines += ["See the sections below.", ""]
     lines += ["## 3. Throughput model", "",
@@ -88,7 +88,7 @@ def report_markdown(measured: dict, rows: list[dict], check: list[dict], hw: Har
               "other ops' bytes / sustained memory bandwidth + collective bytes x ring factor / link bandwidth "
               "(report.throughput); compute and communication are added (no overlap), ops are not fused. Devices:", "",
               _hardware_table([hw, HARDWARE["mi250x-gcd"], HARDWARE["h100-sxm"]]), "",
-              "Check on this machine (its measured matmul rate and all-reduce bandwidth, rank 0):", "",
+              "Check on this machine (its measured matmul rate, copy and all-reduce bandwidth, rank 0):", "",
               md_table(["channels", "variant", "FLOPs/step", "comm MiB/step", "measured step s", "estimated step s",
                         "estimate / measured"],
                        [[r["channels"], r["variant"], f"{r['flops']:.3g}", f"{r['comm_bytes'] / 2**20:.1f}",

@@ -32,7 +32,7 @@ TINY = {
     "forecast": {"targets": ["z_500", "t2m"], "lead_days": [1, 2]},
     "hyperspectral": {"synthetic": {"images": 3, "lines": 32, "samples": 48, "bands": 100},
                       "bands": {"expected": 100, "bin": 4}, "tiles": {"size": [16, 16]}},
-    "report": {"channels": [8, 32], "dim": 16, "heads": 2, "image": [16, 32], "steps": 1, "tree": [2]},
+    "report": {"channels": [8, 16], "dim": 16, "heads": 2, "image": [16, 32], "steps": 1, "tree": [2]},
 }
 VARIANTS = ["forecast-tp-baseline", "forecast-dchag-L", "mae-dchag-L"]
 
@@ -199,12 +199,12 @@ def test_report_outputs_and_tracking(workflow_run):
     out = wd / "results/report"
     rows = list(csv.DictReader(open(out / "measured.csv")))
     variants = ["tp-baseline", "gather-all", "dchag-L", "dchag-L tree[2]", "dchag-C", "dchag-C tree[2]"]
-    assert [(r["channels"], r["variant"]) for r in rows] == [(c, v) for c in ("8", "32") for v in variants]
+    assert [(r["channels"], r["variant"]) for r in rows] == [(c, v) for c in ("8", "16") for v in variants]
     assert all(float(r["peak_mib"]) > 0 and float(r["samples_per_s"]) > 0 for r in rows)
     assert {r["variant"]: float(r["peak_mib_vs_tp"]) for r in rows if r["channels"] == "8"}["tp-baseline"] == 1.0
     text = (out / "report.md").read_text()
     for v in variants:
-        assert f"| 32 | {v} |" in text
+        assert f"| 16 | {v} |" in text
     for section in ("## 1. Measured on this machine", "### Projection check", "### The trained variants' own runs",
                     "## 2. Projected to the authors' scale", "snakemake report_paper", "## 3. Throughput model"):
         assert section in text
@@ -213,7 +213,7 @@ def test_report_outputs_and_tracking(workflow_run):
     assert {p.name for p in (out / "plots").glob("*.png")} == {"measured_ratios.png", "measured_by_kind.png"}
     client, runs = _runs(wd)
     run = next(r for r in runs if r.data.tags.get("rule") == "report")
-    assert "peak_vs_tp.dchag-L.32ch" in run.data.metrics and run.data.metrics["wall_s"] > 0
+    assert "peak_vs_tp.dchag-L.16ch" in run.data.metrics and run.data.metrics["wall_s"] > 0
     assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {"report.md", "measured.csv", "plots"}
 
 

@@ -1,6 +1,6 @@
 # Memory and throughput (stage 5): D-CHAG vs TP-only measured on this machine's ranks, the
 # projection checked against it, the throughput model, and at paper scale (rule report_paper,
-# its own job: CPU only, about 15 minutes on 2 cores) the authors' configurations and a planner.
+# its own job: CPU only, about 16 minutes on 2 cores) the authors' configurations and a planner.
 
 REPORT = CFG.data["report"]
 REPORT_DIR = f"{RESULTS}/report"
