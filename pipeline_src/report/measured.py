@@ -3,7 +3,7 @@
 gloo on CPU, NCCL/RCCL on GPUs; the training loop's engine and step (forward, backward,
 AdamW). Per rank: peak memory by kind (torch's MemTracker on CPU; the CUDA allocator's
 peak, allocated and reserved, on GPUs), samples/s over timed steps, the collectives of one
-step by kind with their bytes (collectives.CollectiveLog) and its FLOPs (FlopCounterMode).
+step by kind with their bytes (collectives.CollectiveLog), its FLOPs and memory traffic (traffic.StepTraffic).
 """
 
 from __future__ import annotations
@@ -116,14 +116,12 @@ def _peak(engine, batch, device) -> dict:
 
 def measure(spec: ModelSpec, mesh, device, s: MeasureSettings) -> dict:
     """Peak memory, collectives, FLOPs and samples/s of one training step on this rank."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     engine = build_engine(spec, mesh, device, s, seed=0)  # the training loop's engine and recipe
     batch = step_inputs(spec, s.batch, device)
     forecast_step(engine, *batch)  # warm-up: optimizer state exists from here on
     result = _peak(engine, batch, device)
-    log, flops, traffic = CollectiveLog(), FlopCounterMode(display=False), StepTraffic()
-    with log, flops, traffic:
+    log, traffic = CollectiveLog(), StepTraffic()
+    with log, traffic:
         forecast_step(engine, *batch)
     dist.barrier()
     t0 = time.perf_counter()
@@ -134,24 +132,29 @@ def measure(spec: ModelSpec, mesh, device, s: MeasureSettings) -> dict:
     dist.barrier()
     seconds = (time.perf_counter() - t0) / s.steps
     return {**result, "collectives": log.summary(), "collective_groups": log.by_group(),
-            "traffic": traffic.summary(), "flops": int(flops.get_total_flops()),
+            "traffic": traffic.summary(), "flops": traffic.matmul_flops,
             "step_s": seconds, "samples_per_s": s.batch / seconds, "parameters": engine.total_params}
+
+
+def _seconds_per_call(fn, device: torch.device, repeats: int) -> float:
+    """Mean seconds of fn() after one untimed call, all ranks starting together."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / repeats
 
 
 def link_bandwidth(device: torch.device, mib: int = 16, repeats: int = 5) -> float:
     """Per-rank ring bandwidth (GB/s) of an all-reduce of `mib` MiB over all ranks: bytes x 2(n-1)/n / time."""
     world = dist.get_world_size()
     buf = torch.ones(mib * 2**20 // 4, device=device)
-    dist.all_reduce(buf)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    dist.barrier()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        dist.all_reduce(buf)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - t0) / repeats
+    seconds = _seconds_per_call(lambda: dist.all_reduce(buf), device, repeats)
     return buf.numel() * 4 * 2 * (world - 1) / world / seconds / 1e9
 
 
@@ -159,28 +162,14 @@ def copy_gb_s(device: torch.device, mib: int = 64, repeats: int = 5) -> float:
     """Sustained memory bandwidth (GB/s read + written) of a large copy on this rank, all ranks at once."""
     a = torch.ones(mib * 2**20 // 4, device=device)
     b = torch.empty_like(a)
-    b.copy_(a)
-    dist.barrier()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        b.copy_(a)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * a.numel() * 4 * repeats / (time.perf_counter() - t0) / 1e9
+    return 2 * a.numel() * 4 / _seconds_per_call(lambda: b.copy_(a), device, repeats) / 1e9
 
 
 def matmul_tflops(device: torch.device, size: int = 1024, repeats: int = 5) -> float:
     """Sustained matmul rate (TFLOPS) of this rank, all ranks running at once (fp32 CPU, bf16 GPU)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
-    a @ a
-    dist.barrier()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ a
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * size**3 * repeats / (time.perf_counter() - t0) / 1e12
+    return 2 * size**3 / _seconds_per_call(lambda: a @ a, device, repeats) / 1e12
 
 
 def worker(s: MeasureSettings, out_file: str) -> None:

@@ -4,7 +4,7 @@ A fake process group (collectives return at once) and FakeTensorMode (tensors ca
 shape, dtype and device but no storage) let one process build the real model on the
 meta device, cut it with the real D-CHAG/TP/FSDP2 plans, and run the real engine's
 forward, backward and AdamW step. torch's MemTracker counts what rank 0 would hold, by
-kind; FlopCounterMode and CollectiveLog count its FLOPs and collectives. Nothing is
+kind; StepTraffic and CollectiveLog count its FLOPs, memory traffic and collectives. Nothing is
 allocated, so a 26B model projects on a laptop.
 
 Every block of the backbone adds the same parameters, optimizer state, saved activations
@@ -53,7 +53,6 @@ def fake_step(spec: ModelSpec, world: int, tp: int, fsdp: int, recipe: StepRecip
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
     from torch.testing._internal.distributed.fake_pg import FakeStore
-    from torch.utils.flop_counter import FlopCounterMode
 
     if spec.task != "forecast":
         raise ValueError("the projection runs forecasters")
@@ -69,9 +68,9 @@ def fake_step(spec: ModelSpec, world: int, tp: int, fsdp: int, recipe: StepRecip
             batch = step_inputs(spec, recipe.micro_batch)
             if recipe.warmup:  # untracked: AdamW makes its state, DTensor caches its sharding decisions
                 forecast_step(engine, *batch)
-            tracker, log, flops, traffic = MemTracker(), CollectiveLog(), FlopCounterMode(display=False), StepTraffic()
+            tracker, log, traffic = MemTracker(), CollectiveLog(), StepTraffic()
             tracker.track_external(engine.model, engine.optimizer)
-            with tracker, log, flops, traffic:
+            with tracker, log, traffic:
                 forecast_step(engine, *batch)
             snapshot = tracker.get_tracker_snapshot("peak")[device]
             # the authors' TFLOPS count 3 x forward FLOPs; StepTraffic counts this rank's local ops
@@ -83,7 +82,7 @@ def fake_step(spec: ModelSpec, world: int, tp: int, fsdp: int, recipe: StepRecip
         dist.destroy_process_group()
     by_kind = {str(k).split(".")[-1].lower(): int(v) for k, v in snapshot.items() if k != "Total"}
     return {"peak_bytes": int(snapshot["Total"]), "by_kind": by_kind, "parameters": engine.total_params,
-            "flops": int(flops.get_total_flops()), "forward_flops": forward.matmul_flops,
+            "flops": traffic.matmul_flops, "forward_flops": forward.matmul_flops,
             "collectives": log.summary(),
             "collective_groups": log.by_group(), "traffic": traffic.summary(),
             "world": world, "tp": tp, "fsdp": fsdp, "depth": spec.depth, "recipe": asdict(recipe),
