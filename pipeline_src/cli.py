@@ -40,7 +40,8 @@ def cmd_acquire(args) -> None:
     cfg = config_mod.load(args.config)
     params = {"era5": {k: v for k, v in cfg.era5.items() if k not in ("regrid", "assemble")},
               "group": args.group, "period": args.period}
-    with stage_run(cfg.mlflow, "era5_acquire", args.rule, params) as run:
+    with stage_run(cfg.mlflow, "era5_acquire", args.rule, params,
+                   wildcards={"group": args.group, "period": args.period}) as run:
         metrics = acquire(cfg, args.group, args.period, args.output)
         run.log_metrics(metrics)
     log.info("acquired %s (%d fields, %.1f s)", args.output, metrics["fields"], metrics["seconds"])
@@ -54,8 +55,9 @@ def cmd_regrid(args) -> None:
 
     cfg = config_mod.load(args.config)
     params = {"regrid": cfg.era5["regrid"], "grid_deg": cfg.era5["grid_deg"], "source": cfg.era5["source"],
-              "group": args.group, "period": args.period}
-    with stage_run(cfg.mlflow, "era5_regrid", args.rule, params) as run:
+              "group": args.group, "period": args.period, "input_files": len(args.input)}
+    with stage_run(cfg.mlflow, "era5_regrid", args.rule, params,
+                   wildcards={"group": args.group, "period": args.period}) as run:
         metrics, before, after = regrid_file(cfg, args.group, args.period, args.input, args.output,
                                              args.weights_dir)
         run.set_tags({"regrid_backend": metrics["backend"]})
@@ -67,7 +69,7 @@ def cmd_regrid(args) -> None:
                            f"({metrics['backend']}, {cfg.era5['regrid']['method']})")
             run.log_artifact(args.preview, "previews")
         before.close()
-    log.info("regridded %s -> %s with %s (%.1f fields/s)", args.input, args.output,
+    log.info("regridded %d file(s) -> %s with %s (%.1f fields/s)", metrics["files_read"], args.output,
              metrics["backend"], metrics["fields_per_s"])
 
 
@@ -137,7 +139,7 @@ def cmd_hs_preprocess(args) -> None:
     hs = cfg.hyperspectral
     params = {"image": args.image, "bands": hs["bands"], "calibrate": hs["calibrate"], "mask": hs["mask"],
               "source": hs["source"]}
-    with stage_run(cfg.mlflow, "hs_preprocess", args.rule, params) as run:
+    with stage_run(cfg.mlflow, "hs_preprocess", args.rule, params, wildcards={"image": args.image}) as run:
         summary = preprocess_image(args.raw, args.white, args.dark, hs, args.output, args.summary)
         run.log_metrics({"plant_fraction": summary["plant_fraction"], "seconds": summary["seconds"],
                          "megabytes_read": summary["bytes_read"] / 1e6,
@@ -319,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "acquire":
             s.add_argument("--output", required=True)
         if name == "regrid":
-            s.add_argument("--input", required=True)
+            s.add_argument("--input", nargs="+", required=True,
+                           help="the raw file of the period, or the files that together hold it")
             s.add_argument("--output", required=True)
             s.add_argument("--preview", default=None, help="PNG map before/after")
             s.add_argument("--weights-dir", default=None, help="xESMF weights cache folder")

@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from .era5 import periods
 from .era5.channels import Channel, required_fields, resolve_channels
 from .io import ConfigError
 
@@ -42,6 +43,8 @@ def load_schema() -> dict:
 def validate_dict(raw: dict, source: str = "config") -> dict:
     """Fill defaults and validate a config dict; raise ConfigError naming the bad key."""
     cfg = copy.deepcopy(raw) if raw is not None else {}
+    if isinstance(cfg.get("era5"), dict) and isinstance(cfg["era5"].get("years"), dict):
+        cfg["era5"]["years"] = periods.normalise_dates(cfg["era5"]["years"])  # YAML reads 2015-06-01 as a date
     schema = load_schema()
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     # Defaults are filled while validating, so validate twice: the second pass checks
@@ -95,19 +98,15 @@ def _coerce_strings(cfg: dict, errors) -> bool:
 
 
 def _check_semantics(cfg: dict, source: str) -> None:
-    years = cfg["era5"]["years"]
-    seen: dict[int, str] = {}
-    for split in SPLITS:
-        for year in years[split]:
-            if year in seen:
-                raise ConfigError(source, f"era5.years: {year} is in both {seen[year]} and "
-                                          f"{split}; splits must not overlap")
-            seen[year] = split
+    for problem in periods.problems(cfg["era5"]["years"]):
+        raise ConfigError(source, problem)
     try:
         resolve_channels(cfg["era5"]["channels"])
     except ConfigError as err:
         raise ConfigError(source, f"era5.channels: {err.problem}") from None
     _check_training(cfg, source)
+    _check_forecast_splits(cfg, source)
+    _check_era5_files(cfg, source)
     _check_hyperspectral(cfg["hyperspectral"], source)
     grid = cfg["era5"]["grid_deg"]
     if abs(360 / grid - round(360 / grid)) > 1e-9:
@@ -166,6 +165,33 @@ def _check_training(cfg: dict, source: str) -> None:
         if m["tree"] and max(m["tree"]) > smallest:
             raise ConfigError(source, f"{where}: model.tree {m['tree']} has more groups than the "
                                       f"{smallest} channels of the smallest partition")
+
+
+def _check_forecast_splits(cfg: dict, source: str) -> None:
+    """The splits forecasts train and verify on must be unbroken and longer than the longest lead."""
+    if not any(v["task"] == "forecast" for v in cfg["train"]["variants"]):
+        return
+    years, longest = cfg["era5"]["years"], max(cfg["forecast"]["lead_days"])
+    for split in dict.fromkeys(("train", cfg["evaluate"]["split"])):
+        broken = periods.gaps(years, split)
+        if broken:
+            raise ConfigError(source, f"{broken}; forecasts need one unbroken time series per split")
+        days = len(periods.split_days(years, split))
+        if days <= longest:
+            raise ConfigError(source, f"era5.years.{split}: {periods.describe(years, split)} is {days} "
+                                      f"day(s); the {longest:g}-day lead (forecast.lead_days) needs a "
+                                      f"longer {split} split")
+
+
+def _check_era5_files(cfg: dict, source: str) -> None:
+    """source: files needs a path pattern for every file group the channels use."""
+    era5 = cfg["era5"]
+    if era5["source"] != "files":
+        return
+    lost = [g for g in required_fields(resolve_channels(era5["channels"])) if not era5["files"].get(g)]
+    if lost:
+        raise ConfigError(source, f"era5.files: source 'files' needs a path pattern for "
+                                  f"{', '.join(lost)} (the channels use them)")
 
 
 def _check_hyperspectral(hs: dict, source: str) -> None:
@@ -242,8 +268,8 @@ class Config:
 
     @property
     def all_years(self) -> list[int]:
-        """Every year of every split, sorted."""
-        return sorted(y for s in SPLITS for y in self.era5["years"][s])
+        """Every calendar year any split touches (one file per group and year), sorted."""
+        return periods.all_years(self.era5["years"])
 
     def section_hash(self, *keys: str) -> str:
         """Short stable hash of config sections: rerun triggers for Snakemake params."""

@@ -219,23 +219,32 @@ def _status(exc: BaseException) -> str:
     return getattr(exc, "mlflow_status", "FAILED")
 
 
+def run_name(rule: str, wildcards: dict | None = None) -> str:
+    """A child run's name: the rule and what it worked on ('era5_regrid pressure 2010')."""
+    return " ".join([rule, *map(str, (wildcards or {}).values())])
+
+
 @contextlib.contextmanager
 def stage_run(mlflow_cfg: dict, stage: str, rule: str | None = None,
-              params: dict | None = None, key: str | None = None) -> Iterator[StageRun]:
+              params: dict | None = None, key: str | None = None,
+              wildcards: dict | None = None) -> Iterator[StageRun]:
     """A child run of the workflow's parent run (or a standalone run) for one stage execution.
 
-    With a `key`, a later attempt of the same work (a training resumed after its time limit)
-    continues the same record, so it stays one MLflow run with one metric history.
+    Named after the rule and its `wildcards` (the job's group and period, image, variant...),
+    which are also tags, so the runs list reads like the DAG. With a `key`, a later attempt
+    of the same work (a training resumed after its time limit) continues the same record, so
+    it stays one MLflow run with one metric history.
     """
     if not mlflow_cfg.get("enabled", True) or not is_rank_zero():
         yield StageRun()
         return
-    tags = {"stage": stage, "rule": rule or stage}
+    tags = {"stage": stage, "rule": rule or stage, **{k: str(v) for k, v in (wildcards or {}).items()}}
+    name = run_name(rule or stage, wildcards)
     if os.environ.get("SLURM_JOB_ID"):
         tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     records = os.environ.get(RECORDS_ENV)
     if records:
-        handle = RecordedRun(Path(records), rule or stage, tags, key)
+        handle = RecordedRun(Path(records), name, tags, key)
         jobs = [j for j in handle.record.header["tags"].get("slurm_job_ids", "").split(",") if j]
         if tags.get("slurm_job_id") and tags["slurm_job_id"] not in jobs:
             handle.set_tags({"slurm_job_ids": ",".join(jobs + [tags["slurm_job_id"]])})
@@ -252,7 +261,7 @@ def stage_run(mlflow_cfg: dict, stage: str, rule: str | None = None,
     parent = os.environ.get(PARENT_ENV)
     if parent:
         tags["mlflow.parentRunId"] = parent
-    run = client.create_run(exp, run_name=rule or stage, tags=tags)
+    run = client.create_run(exp, run_name=name, tags=tags)
     handle = StageRun(client, run.info.run_id)
     handle.log_params({**(params or {}), **package_versions()})
     try:

@@ -25,7 +25,8 @@ def acquire(cfg: Config, group: str, period: str, out: str | Path) -> dict:
     if not out.exists():  # a finished file is never fetched again
         FETCHERS[era5["source"]](out, group, period, need, era5)
     # check it exactly as the regrid stage will, so a bad download fails here, by name
-    with open_raw(out, group, need, era5["grid_deg"], era5["hours"], period, time_chunk=None) as ds:
+    with open_raw(out, group, need, era5["grid_deg"], era5["hours"], period, time_chunk=None,
+                  years=era5["years"]) as ds:
         n_times = ds.sizes.get("time", 1)
     seconds = time.perf_counter() - start
     fields = n_times * len(need["vars"]) * max(1, len(need["levels"]))

@@ -14,6 +14,7 @@ Outputs (one folder):
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -24,7 +25,10 @@ from tqdm import tqdm
 
 from ..config import SPLITS, Config
 from ..io import InputError, atomic_path, tree_size, write_json
+from . import periods
 from .channels import G, Channel, channel_units
+
+log = logging.getLogger(__name__)
 
 
 def _open_regridded(path: Path, shard: int) -> xr.Dataset:
@@ -147,33 +151,47 @@ def assemble(cfg: Config, regridded: dict[tuple[str, str], Path], out_dir: str |
     splits_meta = {}
     opened = [static] if static is not None else []
     for split in SPLITS:
-        years = sorted(era5["years"][split])
+        want = periods.split_times(era5["years"], split, era5["hours"])
+        years = sorted(set(want.year))
         stacks = []
         for year in years:
             files = {g: _open_regridded(regridded[(g, str(year))], shard)
                      for g in ("pressure", "single") if g in groups}
             opened += files.values()
             backends.update(ds.attrs.get("regrid_backend", "?") for ds in files.values())
-            stacks.append(channel_stack(channels, files.get("pressure"), files.get("single"), static))
+            stack = channel_stack(channels, files.get("pressure"), files.get("single"), static)
+            mine = want[want.year == year]
+            lost = mine.difference(pd.DatetimeIndex(stack.time.values))
+            if len(lost):
+                raise InputError(regridded[(next(iter(files)), str(year))],
+                                 f"lacks {len(lost)} time step(s) of the {split} split, first {lost[0]}; "
+                                 f"regridded for other splits? rerun era5_regrid")
+            stacks.append(stack.sel(time=mine))
         fields = xr.concat(stacks, dim="time").chunk({"time": shard, "channel": -1})
         target = out_dir / f"{split}.zarr"
         # object dtype: Zarr v3 has a specified variable-length string type, not a fixed one
         ds = fields.to_dataset(name="fields").assign_coords(channel=_names(channels))
         ds["fields"].attrs = {"units": "mixed; see normalization.json", "description": "ERA5 channels"}
-        ds.attrs = {"split": split, "years": ",".join(map(str, years)), "source": era5["source"],
+        ds.attrs = {"split": split, "period": periods.describe(era5["years"], split), "source": era5["source"],
                     "grid": "5.625 deg, 32 x 64, ascending cell-centre latitudes"}
         enc = {"fields": {"chunks": (1, len(channels), 32, 64),
                           "shards": (shard, len(channels), 32, 64)}}
         with atomic_path(target) as tmp:
             ds.to_zarr(tmp, mode="w", zarr_format=3, encoding=enc, consolidated=False)
         times = pd.DatetimeIndex(fields.time.values)
-        splits_meta[split] = {"path": target.name, "years": years, "n_times": len(times),
+        splits_meta[split] = {"path": target.name, "years": years, "period": periods.describe(era5["years"], split),
+                              "n_times": len(times),
                               "first": str(times[0]), "last": str(times[-1]), "bytes": tree_size(target)}
 
     for ds in opened:  # close explicitly: HDF5 handles finalised by the GC can crash HDF5
         ds.close()
     stats, clim = _train_statistics(out_dir / "train.zarr", channels, era5["hours"], shard)
     clim_fields = clim.result(acfg["climatology_window_days"])
+    covered = int((clim.counts.sum(axis=1) > 0).sum())
+    if covered < 365:
+        log.warning("the training split covers %d of 366 days of the year; the climatology of the "
+                    "other days is taken from the nearest earlier covered day after a %d-day smoothing",
+                    covered, acfg["climatology_window_days"])
     anomaly_rms = _anomaly_rms(out_dir / "train.zarr", clim_fields, era5["hours"], shard)
     write_json(out_dir / "normalization.json", {
         "channels": [c.name for c in channels],
@@ -181,7 +199,8 @@ def assemble(cfg: Config, regridded: dict[tuple[str, str], Path], out_dir: str |
         "std": stats.std.tolist(),
         "anomaly_std": anomaly_rms.tolist(),
         "static_channels": [c.name for c in channels if c.group == "static"],
-        "years": sorted(era5["years"]["train"]),
+        "years": sorted(set(periods.split_days(era5["years"], "train").year)),
+        "period": periods.describe(era5["years"], "train"),
         "n_values_per_channel": int(stats.n),
         "note": "population mean/std over time, latitude and longitude of the training years (unweighted); "
                 "anomaly_std: root mean square of the departures from climatology.zarr over the same values",
@@ -191,7 +210,7 @@ def assemble(cfg: Config, regridded: dict[tuple[str, str], Path], out_dir: str |
         coords={"dayofyear": np.arange(1, 367), "hour": era5["hours"], "channel": _names(channels),
                 "latitude": fields.latitude.values,
                 "longitude": fields.longitude.values},
-        attrs={"years": ",".join(map(str, sorted(era5["years"]["train"]))),
+        attrs={"period": periods.describe(era5["years"], "train"),
                "window_days": acfg["climatology_window_days"],
                "method": "mean per day of year and hour, circular running window over day of year"},
     )

@@ -16,6 +16,7 @@ import xarray as xr
 
 from ..io import InputError
 from .grids import check_regular_global
+from .periods import period_times
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,10 @@ DROP = ("number", "expver", "step", "surface", "heightAboveGround")
 NETCDF_MAGIC = (b"\x89HDF\r\n\x1a\n", b"CDF\x01", b"CDF\x02", b"CDF\x05")
 
 
-def expected_times(period: str, hours: list[int]) -> pd.DatetimeIndex:
-    """All time steps a year file should hold: every day of `period` at `hours` (UTC)."""
-    days = pd.date_range(f"{period}-01-01", f"{period}-12-31", freq="D")
-    return pd.DatetimeIndex(sorted(d + pd.Timedelta(hours=h) for d in days for h in hours))
+def expected_times(period: str, hours: list[int], years: dict | None = None) -> pd.DatetimeIndex:
+    """The time steps a file of `period` must hold: the days of that year in some split of
+    `years` (era5.years; every day of the year when None) at `hours` (UTC)."""
+    return period_times(period, hours, years)
 
 
 def _open(path: Path, time_chunk: int | None) -> xr.Dataset:
@@ -58,35 +59,61 @@ def canonicalise(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def open_raw(path, group: str, need: dict, grid_deg: float, hours: list[int], period: str,
-             time_chunk: int | None = 64) -> xr.Dataset:
-    """Open one raw file, check it against what the config needs, return canonical data.
+def open_raw(paths, group: str, need: dict, grid_deg: float, hours: list[int], period: str,
+             time_chunk: int | None = 64, years: dict | None = None) -> xr.Dataset:
+    """Open one raw file, or several that together hold the period; check them against what
+    the config needs; return canonical data whose `close()` closes every file.
 
     Checks: readable NetCDF, variables and levels present, regular global grid of the
-    configured spacing, no duplicate or missing time steps for the period. NaNs are
-    checked lazily by `count_nans` so the data is read once.
+    configured spacing, no duplicate or missing time steps for the period (its days in the
+    splits of `years`). Several files may split the period in time (a file per month) and
+    the variables (a file per variable); files holding none of the needed variables or
+    times are skipped. Errors name the file at fault. NaNs are checked lazily by
+    `count_nans` so the data is read once.
     """
-    path = Path(path)
-    raw = _open(path, time_chunk)
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    if not paths:
+        raise InputError(None, f"no {group} file given for {period}")
+    want = None if group == "static" else expected_times(period, hours, years)
+    opened: list[xr.Dataset] = []
     try:
-        ds = _checked(canonicalise(raw), path, group, need, grid_deg, hours, period)
+        pieces = []
+        for path in paths:
+            raw = _open(path, time_chunk)
+            opened.append(raw)
+            piece = _checked(canonicalise(raw), path, group, need, grid_deg, hours, period, want,
+                             alone=len(paths) == 1)
+            if piece is not None:
+                pieces.append((path, piece))
+        ds = pieces[0][1] if len(paths) == 1 else _combine(pieces, paths, group, need, hours, period, want)
     except BaseException:
-        # Never leave the handle to the garbage collector: with netCDF-C/HDF5, opening a file
+        # Never leave the handles to the garbage collector: with netCDF-C/HDF5, opening a file
         # that holds a string variable (CDS's expver) while an earlier handle to it is still
         # open crashes HDF5 (HDF5 issue 5359, netcdf4-python issue 1444).
-        raw.close()
+        for raw in opened:
+            raw.close()
         raise
-    ds.set_close(raw.close)  # closing the returned dataset closes the file
+    ds.set_close(lambda: [raw.close() for raw in opened])  # closing the result closes the files
+    ds.attrs["source_files"] = [str(p) for p, _ in pieces]
     return ds
 
 
+def _span(want: pd.DatetimeIndex) -> str:
+    return f"{want[0]:%Y-%m-%d} to {want[-1]:%Y-%m-%d}"
+
+
 def _checked(ds: xr.Dataset, path: Path, group: str, need: dict, grid_deg: float,
-             hours: list[int], period: str) -> xr.Dataset:
+             hours: list[int], period: str, want: pd.DatetimeIndex | None, alone: bool) -> xr.Dataset | None:
+    """One file's part of the period, checked; None for a file (among several) with no part of it."""
+    found = [v for v in need["vars"] if v in ds.data_vars]
     missing = [v for v in need["vars"] if v not in ds.data_vars]
-    if missing:
+    if missing and (alone or not found):
+        if not alone:
+            log.info("%s: holds none of %s; skipped", path, ", ".join(need["vars"]))
+            return None
         raise InputError(path, f"missing variable(s) {', '.join(missing)} "
                                f"(found: {', '.join(map(str, ds.data_vars)) or 'none'})")
-    ds = ds[need["vars"]]
+    ds = ds[found]
     for dim in ("latitude", "longitude"):
         if dim not in ds.dims:
             raise InputError(path, f"no {dim} dimension (dims: {', '.join(map(str, ds.dims))})")
@@ -113,10 +140,6 @@ def _checked(ds: xr.Dataset, path: Path, group: str, need: dict, grid_deg: float
         return ds
     if "time" not in ds.dims:
         raise InputError(path, "no time dimension (expected valid_time or time)")
-    return _check_times(ds, path, period, hours)
-
-
-def _check_times(ds: xr.Dataset, path: Path, period: str, hours: list[int]) -> xr.Dataset:
     times = pd.DatetimeIndex(ds.time.values)
     dup = times[times.duplicated()]
     if len(dup):
@@ -124,16 +147,64 @@ def _check_times(ds: xr.Dataset, path: Path, period: str, hours: list[int]) -> x
     if not times.is_monotonic_increasing:
         ds = ds.sortby("time")
         times = pd.DatetimeIndex(ds.time.values)
-    want = expected_times(period, hours)
-    lost = want.difference(times)
-    if len(lost):
-        raise InputError(path, f"{len(lost)} missing time step(s) of {len(want)} expected for "
-                               f"{period} at hours {hours}, first {lost[0]}")
-    extra = times.difference(want)
-    if len(extra):
-        log.info("%s: ignoring %d time steps outside %s at hours %s", path, len(extra), period, hours)
-        ds = ds.sel(time=want)
+    if alone:
+        lost = want.difference(times)
+        if len(lost):
+            raise InputError(path, f"{len(lost)} missing time step(s) of {len(want)} expected for "
+                                   f"{period} ({_span(want)}) at hours {hours}, first {lost[0]}")
+    keep = times.intersection(want)
+    if not len(keep):
+        log.info("%s: no time step of %s (%s) at hours %s; skipped", path, period, _span(want), hours)
+        return None
+    if len(keep) < len(times):
+        log.info("%s: ignoring %d time steps outside %s (%s) at hours %s", path, len(times) - len(keep),
+                 period, _span(want), hours)
+        ds = ds.sel(time=keep)
     return ds
+
+
+def _combine(pieces, paths: list[Path], group: str, need: dict, hours: list[int], period: str,
+             want: pd.DatetimeIndex | None) -> xr.Dataset:
+    """Join the parts of several files: along time per variable, then the variables."""
+    listing = _listing(paths)
+    per_var, owners = [], {}
+    for var in need["vars"]:
+        parts = [(path, ds[var]) for path, ds in pieces if var in ds.data_vars]
+        if not parts:
+            raise InputError(None, f"no {group} file for {period} holds variable {var} ({listing})")
+        if group == "static":
+            if len(parts) > 1:
+                raise InputError(parts[1][0], f"{var} is also in {parts[0][0]}; give one static file per variable")
+            per_var.append(parts[0][1])
+            continue
+        owner: dict[pd.Timestamp, Path] = {}
+        for path, arr in parts:
+            for t in pd.DatetimeIndex(arr.time.values):
+                if t in owner:
+                    raise InputError(path, f"{var} at {t} is also in {owner[t]}; the files overlap in time")
+                owner[t] = path
+        owners.update({(var, t): p for t, p in owner.items()})
+        joined = xr.concat([arr for _, arr in parts], dim="time").sortby("time")
+        lost = want.difference(pd.DatetimeIndex(joined.time.values))
+        if len(lost):
+            raise InputError(None, f"{var}: {len(lost)} missing time step(s) of {len(want)} expected for "
+                                   f"{period} ({_span(want)}) at hours {hours}, first {lost[0]}, in "
+                                   f"{len(parts)} file(s) holding it ({_listing([p for p, _ in parts])})")
+        per_var.append(joined)
+    try:
+        merged = xr.merge(per_var, join="exact", compat="override", combine_attrs="drop")
+    except ValueError as err:
+        raise InputError(None, f"the {group} files for {period} disagree on their grid or levels "
+                               f"({err}; {listing})") from None
+    merged.attrs["file_of"] = owners  # (variable, time) -> file, to name the file holding a NaN
+    return merged
+
+
+def _listing(paths: list[Path], most: int = 3) -> str:
+    """'a.nc, b.nc and 10 more' with full paths, for errors about several files."""
+    names = [str(p) for p in paths[:most]]
+    more = f" and {len(paths) - most} more" if len(paths) > most else ""
+    return ", ".join(names) + more
 
 
 def count_nans(ds: xr.Dataset) -> dict:
@@ -152,4 +223,6 @@ def describe_nans(ds: xr.Dataset, counts: dict, path) -> InputError | None:
     idx = np.unravel_index(flat[0], arr.shape)
     where = ", ".join(f"{d}={arr[d].values[i]}" for d, i in zip(arr.dims, idx))
     total = ", ".join(f"{k}: {v}" for k, v in bad.items())
+    if "time" in arr.dims:  # among several files, name the one holding that step
+        path = ds.attrs.get("file_of", {}).get((name, pd.Timestamp(arr.time.values[idx[arr.dims.index("time")]])), path)
     return InputError(path, f"NaN values ({total}); first in {name} at {where}")

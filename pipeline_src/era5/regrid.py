@@ -107,20 +107,23 @@ def regrid_dataset(ds: xr.Dataset, backend: str, method: str, src_deg: float,
     return out, backend
 
 
-def regrid_file(cfg: Config, group: str, period: str, raw: str | Path, out: str | Path,
+def regrid_file(cfg: Config, group: str, period: str, raw, out: str | Path,
                 weights_dir: str | Path | None = None) -> tuple[dict, xr.Dataset, xr.Dataset]:
-    """Regrid one raw file to `out` (NetCDF, canonical layout); return metrics and both datasets.
+    """Regrid one period's raw file (or the several files holding it) to `out` (NetCDF,
+    canonical layout); return metrics and both datasets.
 
     The NaN check runs in the same dask pass as the regridding, so the input is read once;
-    when it finds NaNs, nothing is written and the error says how many and where.
+    when it finds NaNs, nothing is written and the error says how many, where and in which file.
     """
     era5 = cfg.era5
     rcfg = era5["regrid"]
-    raw, out = Path(raw), Path(out)
+    raw = [Path(raw)] if isinstance(raw, (str, Path)) else [Path(p) for p in raw]
+    out = Path(out)
     need = cfg.required[group]
     backend = choose_backend(rcfg["backend"])
     start = time.perf_counter()
-    ds = open_raw(raw, group, need, era5["grid_deg"], era5["hours"], period, rcfg["time_chunk"])
+    ds = open_raw(raw, group, need, era5["grid_deg"], era5["hours"], period, rcfg["time_chunk"],
+                  years=era5["years"])
     try:
         return _regrid_open(ds, cfg, group, period, raw, out, backend, weights_dir, start)
     except BaseException:
@@ -128,10 +131,11 @@ def regrid_file(cfg: Config, group: str, period: str, raw: str | Path, out: str 
         raise
 
 
-def _regrid_open(ds, cfg: Config, group: str, period: str, raw: Path, out: Path, backend: str,
+def _regrid_open(ds, cfg: Config, group: str, period: str, raw: list[Path], out: Path, backend: str,
                  weights_dir, start: float):
     era5 = cfg.era5
     rcfg = era5["regrid"]
+    used_files = [Path(p) for p in ds.attrs["source_files"]]
     if group == "static":
         ds = ds.expand_dims(time=1)  # regrid code paths share one layout
     for name in ds.data_vars:
@@ -143,7 +147,7 @@ def _regrid_open(ds, cfg: Config, group: str, period: str, raw: Path, out: Path,
         ds = ds.isel(time=0, drop=True)
     regridded = regridded.astype("float32")
     regridded.attrs = {
-        "source_file": raw.name,
+        "source_file": ", ".join(p.name for p in used_files),
         "regrid_backend": used,
         "regrid_method": rcfg["method"],
         "source_grid_deg": era5["grid_deg"],
@@ -157,9 +161,10 @@ def _regrid_open(ds, cfg: Config, group: str, period: str, raw: Path, out: Path,
         try:
             _, nans = dask.compute(delayed, count_nans(ds))
         except Exception as err:  # a truncated HDF5 file often opens but fails on read
-            raise InputError(raw, f"cannot read data ({type(err).__name__}: {err}); "
-                                  "the file is probably truncated or corrupt") from None
-        problem = describe_nans(ds, nans, raw)
+            where = raw[0] if len(raw) == 1 else _failing_file(err, used_files)
+            raise InputError(where, f"cannot read data ({type(err).__name__}: {err}); "
+                                    "the file is probably truncated or corrupt") from None
+        problem = describe_nans(ds, nans, raw[0])
         if problem:
             raise problem
     seconds = time.perf_counter() - start
@@ -167,4 +172,12 @@ def _regrid_open(ds, cfg: Config, group: str, period: str, raw: Path, out: Path,
     n_fields *= len(ds.data_vars)
     return ({"backend": used, "fields": n_fields, "seconds": seconds,
              "fields_per_s": n_fields / max(seconds, 1e-9),
-             "bytes_read": raw.stat().st_size, "bytes_written": out.stat().st_size}, ds, regridded)
+             "bytes_read": sum(p.stat().st_size for p in used_files), "files_read": len(used_files),
+             "bytes_written": out.stat().st_size}, ds, regridded)
+
+
+def _failing_file(err: Exception, files: list[Path]) -> str:
+    """The file a read error came from when its message names it, else all of them."""
+    text = str(err)
+    hit = [p for p in files if str(p) in text or p.name in text]
+    return str(hit[0]) if hit else ", ".join(map(str, files))

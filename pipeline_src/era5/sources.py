@@ -6,7 +6,6 @@ every later stage reads the same kind of file whatever the source.
 
 from __future__ import annotations
 
-import calendar
 import logging
 import shutil
 import time
@@ -18,13 +17,15 @@ import xarray as xr
 from ..io import InputError, atomic_path
 from .channels import ARCO_STATIC_NAMES, CDS_DATASETS, GROUP_VARS
 from .layout import NETCDF_MAGIC, canonicalise, expected_times
+from .periods import first_day
 
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- CDS
 def cds_requests(group: str, period: str, need: dict, cfg_era5: dict) -> list[tuple[str, dict]]:
-    """The CDS requests for one file: (part name, request) per month, or one for static."""
+    """The CDS requests for one file: (part name, request) per month holding days of a split,
+    each asking for those days only; or one request for static."""
     variables = [GROUP_VARS[group][v] for v in GROUP_VARS[group] if v in need["vars"]]
     base = {
         "product_type": ["reanalysis"],
@@ -37,16 +38,16 @@ def cds_requests(group: str, period: str, need: dict, cfg_era5: dict) -> list[tu
     if group == "pressure":
         base["pressure_level"] = [str(lev) for lev in need["levels"]]
     if group == "static":
-        first = min(y for s in cfg_era5["years"].values() for y in s)
-        return [("static", {**base, "year": [str(first)], "month": ["01"], "day": ["01"],
-                            "time": ["00:00"]})]
-    year = int(period)
+        first = first_day(cfg_era5["years"])
+        return [("static", {**base, "year": [str(first.year)], "month": [f"{first.month:02d}"],
+                            "day": [f"{first.day:02d}"], "time": ["00:00"]})]
     hours = [f"{h:02d}:00" for h in cfg_era5["hours"]]
+    days = expected_times(period, [0], cfg_era5["years"])
     out = []
-    for month in range(1, 13):
-        days = [f"{d:02d}" for d in range(1, calendar.monthrange(year, month)[1] + 1)]
-        out.append((f"{month:02d}", {**base, "year": [str(year)], "month": [f"{month:02d}"],
-                                     "day": days, "time": hours}))
+    for month in sorted(set(days.month)):
+        in_month = days[days.month == month]
+        out.append((f"{month:02d}", {**base, "year": [period], "month": [f"{month:02d}"],
+                                     "day": [f"{d:02d}" for d in in_month.day], "time": hours}))
     return out
 
 
@@ -154,7 +155,7 @@ def fetch_zarr(out: Path, group: str, period: str, need: dict, cfg_era5: dict,
         if "time" in ds.dims:
             ds = ds.isel(time=[0])
     else:
-        want = expected_times(period, cfg_era5["hours"])
+        want = expected_times(period, cfg_era5["hours"], cfg_era5["years"])
         have = ds.indexes["time"]
         lost = want.difference(have)
         if len(lost):
@@ -166,3 +167,4 @@ def fetch_zarr(out: Path, group: str, period: str, need: dict, cfg_era5: dict,
 
     with atomic_path(out) as tmp, ProgressBar(minimum=5):
         ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+

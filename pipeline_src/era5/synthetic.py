@@ -25,6 +25,7 @@ import pandas as pd
 from .channels import G, GROUP_VARS
 from .grids import cds_grid
 from .layout import expected_times
+from .periods import first_day
 from .netcdf import write_era5_netcdf
 
 EPOCH = pd.Timestamp("1940-01-01")
@@ -186,12 +187,11 @@ def write_synthetic(path, group: str, period: str, need: dict, cfg_era5: dict) -
     variables = [v for v in GROUP_VARS[group] if v in need["vars"]]
     history = f"synthetic ERA5 (dchag pipeline), seed {syn['seed']}, layout {syn['layout']}"
     if group == "static":
-        first = min(y for s in cfg_era5["years"].values() for y in s)
-        times = pd.DatetimeIndex([pd.Timestamp(f"{first}-01-01")])
+        times = pd.DatetimeIndex([first_day(cfg_era5["years"])])
         chunks = [(slice(0, 1), {v: gen.static[v][None].astype(np.float32) for v in variables})]
         levels = None
     else:
-        times = expected_times(period, cfg_era5["hours"])
+        times = expected_times(period, cfg_era5["hours"], cfg_era5["years"])
         # the CDS lists pressure levels in descending hPa
         levels = need["levels"][::-1] if group == "pressure" else None
 

@@ -75,7 +75,7 @@ def evaluate_forecaster(cfg: Config, variant: str, checkpoint: str, assembled: s
     params = {"variant": variant, "checkpoint": checkpoint, "split": ev["split"], "init_stride": ev["init_stride"],
               "lead_days": job.lead_days, "mesh": mesh}
     start = time.perf_counter()
-    with tracking.stage_run(cfg.mlflow, "evaluate", rule, params) as run:
+    with tracking.stage_run(cfg.mlflow, "evaluate", rule, params, wildcards={"variant": variant}) as run:
         scores, example, data = run_forecast_eval(job)
         if is_main():
             rows = write_system(scores, example, data, Path(out_dir), variant)
@@ -114,7 +114,8 @@ def evaluate_mae(cfg: Config, variant: str, checkpoint: str, tiles: str, out_dir
                   mesh["tp"], mesh["fsdp"], mesh["dp"], _nproc(cfg))
     out = Path(out_dir)
     with tracking.stage_run(cfg.mlflow, "evaluate", rule, {"variant": variant, "checkpoint": checkpoint,
-                                                             "mesh": mesh, "seed": ev["seed"]}) as run:
+                                                             "mesh": mesh, "seed": ev["seed"]},
+                            wildcards={"variant": variant}) as run:
         res = run_mae_eval(job)
         if not is_main():
             return

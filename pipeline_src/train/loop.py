@@ -259,8 +259,8 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
         log.info("%s: Slurm time limit in %.0f s; stopping with a checkpoint %.0f s before it",
                  job.name, end - time.time(), s.walltime_margin_s)
     # keyed by the run fingerprint: an attempt that resumes this run continues its MLflow run
-    with tracking.stage_run(job.mlflow, "train", job.rule or f"train_{job.name}", params,
-                            key=f"train-{job.name}-{run_key}") as run, _StopFlag(deadline) as stop:
+    with tracking.stage_run(job.mlflow, "train", job.rule or "train", params,
+                            key=f"train-{job.name}-{run_key}", wildcards={"variant": job.name}) as run, _StopFlag(deadline) as stop:
         run.set_tags({"resumed_from_step": start, "train_run_key": run_key})
         progress = _progress(is_main(), start, s.steps, job.name)
         t_last, samples_since, pending = time.perf_counter(), 0, []

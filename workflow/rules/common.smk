@@ -9,6 +9,7 @@ import yaml
 
 from pipeline_src import config as pipeline_config
 from pipeline_src import tracking
+from pipeline_src.era5.files import match_files, period_fingerprint
 
 # Full validation (schema + semantic checks such as overlapping split years) with a
 # message naming the bad key; the schema defaults are filled in here.
@@ -76,6 +77,19 @@ if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
 else:
     PYTHON = sys.executable
 CLI = f"{PYTHON} -m pipeline_src.cli"
+
+
+def era5_raw(wildcards):
+    """The raw file(s) of one (group, period): acquired under resources/, or the user's own NetCDF
+    files matching era5.files (source files), which are then inputs themselves."""
+    if ERA5_SOURCE == "files":
+        return match_files(ERA5["files"][wildcards.group], wildcards.group, wildcards.period, ERA5["years"])
+    return f"{RESOURCES}/era5/{ERA5_SOURCE}/{wildcards.group}/{wildcards.period}.nc"
+
+
+def era5_steps(wildcards):
+    """Rerun trigger of one (group, period) file: the time steps the splits want of that year."""
+    return period_fingerprint(wildcards.period, ERA5["hours"], ERA5["years"])
 
 
 def hs_cubes(wildcards):

@@ -1,4 +1,4 @@
-# ERA5: acquire (login node) -> regrid (per group and year) -> assemble (one job).
+# ERA5: acquire (login node; not with source files) -> regrid (per group and year) -> assemble.
 
 
 wildcard_constraints:
@@ -20,8 +20,9 @@ rule era5_acquire:
     output:
         f"{RESOURCES}/era5/{ERA5_SOURCE}/{{group}}/{{period}}.nc",
     params:
-        config_hash=CFG.section_hash("era5.source", "era5.years", "era5.hours", "era5.channels",
-                                     "era5.grid_deg", "era5.synthetic", "era5.cds", "era5.arco"),
+        config_hash=CFG.section_hash("era5.source", "era5.channels", "era5.grid_deg", "era5.synthetic",
+                                     "era5.cds", "era5.arco"),
+        steps=era5_steps,
         cli=CLI,
         rule_name="era5_acquire",
     log:
@@ -35,13 +36,14 @@ rule era5_acquire:
 
 rule era5_regrid:
     input:
-        rules.era5_acquire.output,
+        era5_raw,
     output:
         data=f"{RESULTS}/era5/regridded/{{group}}/{{period}}.nc",
         preview=report(f"{RESULTS}/era5/regridded/{{group}}/{{period}}.png",
                        caption="../report/regrid_preview.rst", category="ERA5 regridding"),
     params:
-        config_hash=CFG.section_hash("era5.regrid", "era5.channels", "era5.hours"),
+        config_hash=CFG.section_hash("era5.regrid", "era5.channels"),
+        steps=era5_steps,
         weights=f"{RESULTS}/era5/regrid_weights",
         cli=CLI,
         rule_name="era5_regrid",
@@ -55,7 +57,7 @@ rule era5_regrid:
         "../../envs/era5.yaml"
     shell:
         "{params.cli} era5 regrid --config $DCHAG_CONFIG --rule {params.rule_name} "
-        "--group {wildcards.group} --period {wildcards.period} --input {input} "
+        "--group {wildcards.group} --period {wildcards.period} --input {input:q} "
         "--output {output.data} --preview {output.preview} --weights-dir {params.weights} > {log} 2>&1"
 
 
