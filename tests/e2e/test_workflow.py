@@ -19,7 +19,7 @@ TINY = {
     "run_name": "e2e",
     "era5": {
         "source": "synthetic",
-        "years": {"train": [2010], "val": [2011], "test": [2012]},
+        "years": {"train": [2010], "val": [2011], "test": {"start": "2012-01-01", "end": "2012-06-30"}},
         "hours": [0, 12],
         "channels": ["z_500", "t_850", "t2m", "orography"],
         "grid_deg": 10.0,
@@ -90,7 +90,14 @@ def test_mlflow_parent_and_children(workflow_run):
                                                        "hs_preprocess": 3, "hs_tiles": 1, "evaluate": 3,
                                                        "evaluate_baselines": 1, "scorecard": 1, "report": 1}
     assert all(r.info.status == "FINISHED" for r in children)
-    regrid = by_rule["era5_regrid"][0]
+    names = {r.info.run_name for r in children}  # the runs list reads like the DAG
+    assert {"era5_acquire static static", "era5_regrid pressure 2010", "era5_regrid single 2012",
+            "train forecast-dchag-L", "train mae-dchag-L", "hs_preprocess plant_000",
+            "evaluate forecast-tp-baseline", "evaluate mae-dchag-L", "era5_assemble"} <= names
+    regrid = next(r for r in by_rule["era5_regrid"] if r.info.run_name == "era5_regrid single 2012")
+    assert regrid.data.tags["group"] == "single" and regrid.data.tags["period"] == "2012"
+    assert regrid.data.metrics["fields"] == 2 * 182 * 1  # only the test split's half year, t2m
+    assert next(r for r in by_rule["train"] if r.info.run_name == "train mae-dchag-L").data.tags["variant"] == "mae-dchag-L"
     assert regrid.data.tags["stage"] == "era5_regrid" and regrid.data.tags["regrid_backend"] == "xarray-regrid"
     assert regrid.data.metrics["fields_per_s"] > 0 and "version.xarray" in regrid.data.params
     assert [f.path for f in client.list_artifacts(regrid.info.run_id, "previews")][0].endswith(".png")
@@ -169,7 +176,7 @@ def test_evaluation_outputs_and_tracking(workflow_run):
         assert (ev / name / "data/per_init.nc").is_file() and (ev / name / "plots/rmse_maps.png").stat().st_size > 1000
     assert (ev / "forecast-dchag-L/plots/example_0024h.png").stat().st_size > 1000
     with xr.open_dataset(ev / "forecast-dchag-L/data/per_init.nc") as ds:
-        assert ds.sizes["init_time"] == len(range(0, 732 - 4, 5))  # 2012 at 0 and 12 UTC, leads 1 and 2 days
+        assert ds.sizes["init_time"] == len(range(0, 364 - 4, 5))  # Jan-Jun 2012 at 0 and 12 UTC, leads 1 and 2 days
     card = (ev / "scorecard.md").read_text()
     for name in VARIANTS + ["climatology", "persistence"]:
         assert f"| {name} |" in card
@@ -255,6 +262,29 @@ def test_bad_config_fails_clearly(tmp_path):
     proc = snakemake(tmp_path, "-n", check=False)
     assert proc.returncode != 0
     assert "2010 is in both train and val" in proc.stdout + proc.stderr
+
+
+def test_files_source_reads_the_users_files_in_place(tmp_path):
+    """era5.source files: the user's NetCDF files are the regrid jobs' inputs (no copies, no
+    acquire jobs); a pattern matching nothing is reported as a missing input by its path."""
+    mirror = tmp_path / "mirror"
+    for year in (2010, 2011, 2012):
+        for month in ("01", "02"):
+            for group in ("pl", "sl"):
+                (mirror / str(year)).mkdir(parents=True, exist_ok=True)
+                (mirror / str(year) / f"era5_{group}_{year}_{month}.nc").touch()
+    files = {"pressure": f"{mirror}/{{year}}/era5_pl_*.nc", "single": f"{mirror}/{{year}}/era5_sl_*.nc",
+             "static": f"{mirror}/static/*.nc"}
+    cfg = dict(TINY, era5=dict(TINY["era5"], source="files", files=files))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "-n", "--until", "era5_assemble", check=False)
+    assert proc.returncode != 0
+    assert f"{mirror}/static/*.nc" in proc.stdout + proc.stderr
+    (mirror / "static").mkdir()
+    (mirror / "static" / "era5_static.nc").touch()
+    proc = snakemake(tmp_path, "-n", "-p", "--until", "era5_assemble")
+    assert "rule era5_acquire:" not in proc.stdout and proc.stdout.count("rule era5_regrid:") == 7
+    assert f"--input {mirror}/2011/era5_pl_2011_01.nc {mirror}/2011/era5_pl_2011_02.nc " in proc.stdout
 
 
 @pytest.mark.parametrize("profile", ["slurm", "frontier"])
