@@ -140,7 +140,9 @@ def cmd_hs_preprocess(args) -> None:
     params = {"image": args.image, "bands": hs["bands"], "calibrate": hs["calibrate"], "mask": hs["mask"],
               "source": hs["source"]}
     with stage_run(cfg.mlflow, "hs_preprocess", args.rule, params, wildcards={"image": args.image}) as run:
-        summary = preprocess_image(args.raw, args.white, args.dark, hs, args.output, args.summary)
+        entry = next((f for f in hs["files"] if f["name"] == args.image), {}) if hs["source"] == "files" else {}
+        summary = preprocess_image(args.raw, args.white, args.dark, hs, args.output, args.summary,
+                                   entry.get("datasets"))
         run.log_metrics({"plant_fraction": summary["plant_fraction"], "seconds": summary["seconds"],
                          "megabytes_read": summary["bytes_read"] / 1e6,
                          "megabytes_per_s": summary["bytes_read"] / 1e6 / summary["seconds"]})
@@ -151,6 +153,15 @@ def cmd_hs_preprocess(args) -> None:
         run.log_artifact(args.preview, "previews")
         run.log_artifact(args.summary, "summaries")
     log.info("%s: %.1f%% plant pixels", args.image, 100 * summary["plant_fraction"])
+
+
+def tile_consumers(cfg) -> dict[str, str]:
+    """Split -> the later stage that reads its tiles: MAE variants train on train, are evaluated on val and test."""
+    maes = [v["name"] for v in cfg.data["train"]["variants"] if v["task"] == "mae"]
+    if not maes or cfg.data["mae"]["source"] != "hyperspectral":
+        return {}
+    names = ", ".join(maes)
+    return {"train": f"training of {names}", "val": f"evaluation of {names}", "test": f"evaluation of {names}"}
 
 
 def cmd_hs_tiles(args) -> None:
@@ -164,7 +175,9 @@ def cmd_hs_tiles(args) -> None:
     images = {Path(p).stem: Path(p) for p in args.inputs}
     params = {"tiles": hs["tiles"], "splits": hs["splits"], "images": sorted(images)}
     with stage_run(cfg.mlflow, "hs_tiles", args.rule, params) as run:
-        stats = make_tiles(images, hs, args.output_dir)
+        stats = make_tiles(images, hs, args.output_dir, tile_consumers(cfg))
+        if stats["empty_splits"]:
+            run.set_tags({"empty_splits": ",".join(stats["empty_splits"])})
         summaries = read_summaries(args.summaries)
         spectra(summaries, args.spectra)
         run.log_metrics({f"tiles_{k}": v for k, v in stats["tiles"].items()})

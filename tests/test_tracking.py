@@ -26,7 +26,8 @@ def test_records_become_child_runs(tmp_path, mlcfg, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     art = tmp_path / "map.png"
     art.write_bytes(b"\x89PNG fake")
-    with tracking.stage_run(mlcfg, "era5_regrid", "era5_regrid", {"note": f"key={SECRET}"}) as run:
+    with tracking.stage_run(mlcfg, "era5_regrid", "era5_regrid", {"note": f"key={SECRET}"},
+                            wildcards={"group": "pressure", "period": "2010"}) as run:
         run.log_metrics({"fields": 10, "seconds": 2.5, "backend": "not a number"})
         run.set_tags({"regrid_backend": "xarray-regrid"})
         run.log_artifact(art, "previews")
@@ -38,9 +39,10 @@ def test_records_become_child_runs(tmp_path, mlcfg, monkeypatch):
     client = MlflowClient(mlcfg["tracking_uri"])
     exp = client.get_experiment_by_name("t")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-    assert set(runs) == {"wf", "era5_regrid", "era5_assemble"}
+    assert set(runs) == {"wf", "era5_regrid pressure 2010", "era5_assemble"}
     assert runs["wf"].info.status == "FAILED" and runs["wf"].data.params["api_key"] == "***"
-    child = runs["era5_regrid"]
+    child = runs["era5_regrid pressure 2010"]
+    assert child.data.tags["group"] == "pressure" and child.data.tags["period"] == "2010"
     assert child.data.tags["mlflow.parentRunId"] == parent
     assert child.data.tags["stage"] == "era5_regrid" and child.data.tags["slurm_job_id"] == "4242"
     assert child.data.tags["regrid_backend"] == "xarray-regrid"

@@ -17,10 +17,11 @@ def reference_spectrum(ref: Cube, block: int = 256) -> np.ndarray:
 
 
 def check_white(white: Cube, saturation_fraction: float = 0.01) -> None:
-    """InputError if more than `saturation_fraction` of the white reference sits at the sensor maximum."""
+    """InputError if more than `saturation_fraction` of the white reference sits at the sensor
+    maximum (2**NBITS - 1 for a 12-bit sensor in 16-bit words)."""
     if white.dtype.kind not in "ui":
         return
-    top = np.iinfo(white.dtype).max
+    top = white.max_value
     hits = total = 0
     for start in range(0, white.lines, 256):
         block = white.read_lines(start, min(white.lines, start + 256))
@@ -28,7 +29,7 @@ def check_white(white: Cube, saturation_fraction: float = 0.01) -> None:
         total += block.size
     if hits > saturation_fraction * total:
         raise InputError(white.path, f"white reference is saturated: {100 * hits / total:.1f}% of "
-                                     f"values at the sensor maximum {top}")
+                                     f"values at the sensor maximum {top:g}")
 
 
 def reflectance(raw: np.ndarray, white: np.ndarray, dark: np.ndarray,

@@ -3,8 +3,13 @@
 - ENVI header + raw (BIL, BIP, BSQ; uint8/int16/uint16/float32; either byte order), read
   through SPy (`spectral`), memory-mapped.
 - The non-ENVI camera header (NROWS, NCOLS, NBANDS, NBITS, LAYOUT, BYTEORDER,
-  WAVELENGTHS ... WAVELENGTHS_END) next to a .bil/.bip/.bsq file, memory-mapped.
-- HDF5 with a 3-D cube dataset and a wavelength dataset, read by slices (h5py).
+  WAVELENGTHS ... WAVELENGTHS_END) next to a .bil/.bip/.bsq file, memory-mapped; 10-, 12-
+  and 14-bit sensors stored in 16-bit words (NBITS 12) are read with their real range.
+- HDF5 with 3-D cube datasets (the scene, and possibly its white and dark references,
+  chosen by name) and a wavelength dataset, read by slices (h5py).
+
+References written as plain frames carry no wavelengths: opened with
+`wavelengths_required=False` they get `wavelengths = None`, and the caller takes the scene's.
 
 Every reader yields lines (rows) as float32 (n_lines, samples, bands) so a cube larger
 than memory streams block by block.
@@ -41,10 +46,24 @@ class Cube:
     fmt: str
     _read: Callable[[int, int], np.ndarray]
     close: Callable[[], None] = lambda: None
+    bit_depth: int | None = None  # bits the sensor digitises when fewer than the word's (NBITS 12)
+    dataset: str | None = None  # the HDF5 dataset read
+
+    @property
+    def max_value(self) -> float | None:
+        """The sensor's largest count (its saturation): 2**bit_depth - 1, or the integer type's maximum."""
+        if self.bit_depth:
+            return float(2**self.bit_depth - 1)
+        return float(np.iinfo(self.dtype).max) if self.dtype.kind in "ui" else None
 
     def read_lines(self, start: int, stop: int) -> np.ndarray:
-        """Lines [start, stop) as float32 (n, samples, bands)."""
-        return np.asarray(self._read(start, stop), dtype=np.float32)
+        """Lines [start, stop) as float32 (n, samples, bands); InputError on counts above the bit depth."""
+        block = np.asarray(self._read(start, stop), dtype=np.float32)
+        if self.bit_depth and block.size and block.max() > self.max_value:
+            line = start + int(np.argwhere(block > self.max_value)[0][0])
+            raise InputError(self.path, f"count {block.max():g} in line {line} is above the {self.bit_depth}-bit "
+                                        f"range the header states (at most {self.max_value:g}); wrong NBITS?")
+        return block
 
     def read(self) -> np.ndarray:
         """The whole cube as float32 (lines, samples, bands); for small cubes."""
@@ -62,9 +81,12 @@ class Cube:
         self.close()
 
 
-def check_wavelengths(path, wavelengths, bands: int) -> np.ndarray:
-    """Wavelengths as float64 nm; InputError if missing, the wrong count or not increasing."""
+def check_wavelengths(path, wavelengths, bands: int, required: bool = True) -> np.ndarray | None:
+    """Wavelengths as float64 nm; InputError if the wrong count or not increasing, or missing
+    when `required` (None when missing and not required)."""
     if wavelengths is None or len(wavelengths) == 0:
+        if not required:
+            return None
         raise InputError(path, "no wavelengths in the header")
     wl = np.asarray(wavelengths, dtype=np.float64)
     if wl.size != bands:
@@ -106,7 +128,7 @@ def _memmap_reader(path: Path, shape_lsb: tuple[int, int, int], interleave: str,
     return read, (lambda: mm._mmap.close() if mm._mmap is not None else None)
 
 
-def _open_envi(header: Path, data: Path) -> Cube:
+def _open_envi(header: Path, data: Path, wavelengths_required: bool = True) -> Cube:
     import spectral.io.envi as envi
 
     try:
@@ -126,7 +148,7 @@ def _open_envi(header: Path, data: Path) -> Cube:
         raise InputError(header, f"unsupported ENVI data type {code}")
     order = ">" if int(meta.get("byte order", 0)) == 1 else "<"
     dtype = np.dtype(order + codes[code])
-    wl = check_wavelengths(header, meta.get("wavelength"), bands)
+    wl = check_wavelengths(header, meta.get("wavelength"), bands, wavelengths_required)
     offset = int(meta.get("header offset", 0))
     _check_size(data, (lines, samples, bands), dtype, offset)  # SPy would not say "truncated"
     try:
@@ -167,7 +189,7 @@ def parse_camera_header(header: Path) -> tuple[dict, list[float]]:
     return keys, wavelengths
 
 
-def _open_camera(header: Path, data: Path) -> Cube:
+def _open_camera(header: Path, data: Path, wavelengths_required: bool = True) -> Cube:
     keys, wavelengths = parse_camera_header(header)
     try:
         lines, samples, bands = int(keys["NROWS"]), int(keys["NCOLS"]), int(keys["NBANDS"])
@@ -180,17 +202,44 @@ def _open_camera(header: Path, data: Path) -> Cube:
     pixel = keys.get("PIXELTYPE", "FLOAT" if nbits == 32 else "UNSIGNEDINT").upper()
     kinds = {(8, "UNSIGNEDINT"): "u1", (16, "UNSIGNEDINT"): "u2", (16, "SIGNEDINT"): "i2",
              (32, "FLOAT"): "f4", (32, "UNSIGNEDINT"): "u4"}
-    if (nbits, pixel) not in kinds:
+    word = 16 if (pixel == "UNSIGNEDINT" and 8 < nbits < 16) else nbits  # 10/12/14-bit counts in 16-bit words
+    if (word, pixel) not in kinds:
         raise InputError(header, f"unsupported NBITS {nbits} / PIXELTYPE {pixel}")
     order = ">" if keys.get("BYTEORDER", "I").upper().startswith("M") else "<"
-    dtype = np.dtype(order + kinds[(nbits, pixel)])
-    wl = check_wavelengths(header, wavelengths, bands)
+    dtype = np.dtype(order + kinds[(word, pixel)])
+    wl = check_wavelengths(header, wavelengths, bands, wavelengths_required)
     offset = int(keys.get("SKIPBYTES", 0))
     read, close = _memmap_reader(data, (lines, samples, bands), layout, dtype, offset)
-    return Cube(data, lines, samples, bands, wl, layout, dtype, "camera", read, close)
+    return Cube(data, lines, samples, bands, wl, layout, dtype, "camera", read, close,
+                bit_depth=nbits if word != nbits else None)
 
 
-def _open_hdf5(path: Path) -> Cube:
+REFERENCE_NAMES = {"white": ("white", "white_reference", "white_ref", "wref"),
+                   "dark": ("dark", "dark_reference", "dark_ref", "dref")}
+
+
+def _pick_dataset(path: Path, cubes: list[str], dataset: str | None, role: str, shared: bool) -> str:
+    """The 3-D dataset to read for `role` (raw, white or dark): named, or found by convention."""
+    if dataset is not None:
+        if dataset not in cubes:
+            raise InputError(path, f"no 3-D dataset {dataset!r} for the {role} cube "
+                                   f"(3-D datasets: {', '.join(cubes) or 'none'})")
+        return dataset
+    if role in REFERENCE_NAMES:
+        named = [c for c in cubes if c.lower() in REFERENCE_NAMES[role]]
+        if named:
+            return named[0]
+        if shared:
+            raise InputError(path, f"the {role} reference is the scene's own file and it holds no "
+                                   f"{role!r} dataset (3-D datasets: {', '.join(cubes)}); name it in "
+                                   f"hyperspectral.files[].datasets.{role}")
+    refs = {n for names in REFERENCE_NAMES.values() for n in names}
+    scenes = [c for c in cubes if c.lower() not in refs] or cubes
+    return "cube" if "cube" in scenes else scenes[0]
+
+
+def _open_hdf5(path: Path, dataset: str | None = None, role: str = "raw", shared: bool = False,
+               wavelengths_required: bool = True) -> Cube:
     import h5py
 
     try:
@@ -202,7 +251,11 @@ def _open_hdf5(path: Path) -> Cube:
     if not cubes:
         f.close()
         raise InputError(path, "no 3-D cube dataset in the HDF5 file")
-    name = "cube" if "cube" in cubes else cubes[0]
+    try:
+        name = _pick_dataset(path, cubes, dataset, role, shared)
+    except InputError:
+        f.close()
+        raise
     ds = f[name]
     interleave = str(ds.attrs.get("interleave", "bip")).lower()
     if interleave not in INTERLEAVES:
@@ -212,7 +265,7 @@ def _open_hdf5(path: Path) -> Cube:
     shape = dict(zip(axes, ds.shape))
     lines, samples, bands = shape["line"], shape["sample"], shape["band"]
     try:
-        wl = check_wavelengths(path, f[wl_names[0]][()] if wl_names else None, bands)
+        wl = check_wavelengths(path, f[wl_names[0]][()] if wl_names else None, bands, wavelengths_required)
     except InputError:
         f.close()
         raise
@@ -223,7 +276,7 @@ def _open_hdf5(path: Path) -> Cube:
         sel[axes.index("line")] = slice(start, stop)
         return np.transpose(ds[tuple(sel)], perm)
 
-    return Cube(path, lines, samples, bands, wl, interleave, ds.dtype, "hdf5", read, f.close)
+    return Cube(path, lines, samples, bands, wl, interleave, ds.dtype, "hdf5", read, f.close, dataset=name)
 
 
 def find_header(path: Path) -> Path | None:
@@ -245,13 +298,24 @@ def find_data(header: Path) -> Path | None:
     return None
 
 
-def open_cube(path: str | Path) -> Cube:
-    """Open any supported cube (detected from the files), lazily; InputError naming the file."""
+HDF5_SUFFIXES = (".h5", ".hdf5", ".he5", ".nc")
+
+
+def open_cube(path: str | Path, dataset: str | None = None, role: str = "raw", shared: bool = False,
+              wavelengths_required: bool = True) -> Cube:
+    """Open any supported cube (detected from the files), lazily; InputError naming the file.
+
+    HDF5 only: `dataset` names the 3-D dataset; without it a white or dark `role` takes a
+    dataset named after the role, and `shared` (the scene's own file) refuses to fall back
+    to the scene's cube.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
-    if path.suffix.lower() in (".h5", ".hdf5", ".he5", ".nc"):
-        return _open_hdf5(path)
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        return _open_hdf5(path, dataset, role, shared, wavelengths_required)
+    if dataset is not None:
+        raise InputError(path, f"a dataset name ({dataset!r}) is given but the file is not HDF5")
     header = find_header(path)
     if header is None:
         raise InputError(path, "no header found next to the data (expected a .hdr file)")
@@ -260,5 +324,16 @@ def open_cube(path: str | Path) -> Cube:
         raise InputError(header, "no raw data file next to the header")
     first = header.read_text(errors="replace").lstrip()[:4]
     if first.upper() == "ENVI":
-        return _open_envi(header, data)
-    return _open_camera(header, data)
+        return _open_envi(header, data, wavelengths_required)
+    return _open_camera(header, data, wavelengths_required)
+
+
+def cube_files(path: str | Path) -> list[str]:
+    """Every file a cube is read from (its header and its data, or the one HDF5 file), for
+    declaring them as workflow inputs; the path itself when nothing is found yet."""
+    path = Path(path)
+    if path.suffix.lower() in HDF5_SUFFIXES or not path.exists():
+        return [str(path)]
+    header = find_header(path)
+    data = path if path != header else (find_data(header) if header else None)
+    return sorted({str(p) for p in (path, header, data) if p is not None})

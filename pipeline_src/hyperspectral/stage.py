@@ -9,6 +9,7 @@ only, then cuts every image into fixed-size tiles, normalised, one Zarr per spli
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -22,14 +23,30 @@ from .mask import ndvi, plant_mask
 from .readers import Cube, open_cube
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
 def _check_pair(cube: Cube, ref: Cube, role: str) -> None:
+    where = f"{ref.path}" + (f" [{ref.dataset}]" if ref.dataset else "")
     if ref.samples != cube.samples or ref.bands != cube.bands:
-        raise InputError(ref.path, f"{role} reference is {ref.samples} samples x {ref.bands} bands, "
-                                   f"the image {cube.path.name} is {cube.samples} x {cube.bands}")
-    if not np.allclose(ref.wavelengths, cube.wavelengths, atol=0.01):
-        raise InputError(ref.path, f"{role} reference wavelengths differ from {cube.path.name}'s")
+        raise InputError(where, f"{role} reference is {ref.samples} samples x {ref.bands} bands, "
+                                f"the image {cube.path.name} is {cube.samples} x {cube.bands}")
+    if ref.wavelengths is None:  # a plain frame: the camera wrote no wavelengths with it
+        log.info("%s: the %s reference states no wavelengths; taking the image's (%d bands, %.1f-%.1f nm)",
+                 where, role, cube.bands, cube.wavelengths[0], cube.wavelengths[-1])
+        ref.wavelengths = cube.wavelengths
+    elif not np.allclose(ref.wavelengths, cube.wavelengths, atol=0.01):
+        raise InputError(where, f"{role} reference wavelengths differ from {cube.path.name}'s")
+
+
+def _open_reference(path, raw: Path, role: str, datasets: dict) -> Cube:
+    """A white or dark reference: its own file, or a dataset beside the scene in the scene's HDF5 file."""
+    shared = Path(path).resolve() == Path(raw).resolve()
+    if shared and Path(path).suffix.lower() not in (".h5", ".hdf5", ".he5", ".nc"):
+        raise InputError(path, f"the {role} reference is the scene's own file; give the {role} reference's file")
+    if shared and datasets.get(role) is not None and datasets.get(role) == datasets.get("raw"):
+        raise InputError(path, f"the {role} reference dataset is the scene's ({datasets[role]!r})")
+    return open_cube(path, datasets.get(role), role, shared, wavelengths_required=False)
 
 
 def band_plan(wavelengths: np.ndarray, bands_cfg: dict):
@@ -53,10 +70,15 @@ def _bands(block: np.ndarray, wavelengths: np.ndarray, keep: slice, factor: int,
 
 
 def preprocess_image(raw: str | Path, white: str | Path, dark: str | Path, hs: dict,
-                     out_zarr: str | Path, out_json: str | Path) -> dict:
-    """Calibrate, band-process and mask one image; write its Zarr and JSON summary; return the summary."""
+                     out_zarr: str | Path, out_json: str | Path, datasets: dict | None = None) -> dict:
+    """Calibrate, band-process and mask one image; write its Zarr and JSON summary; return the summary.
+
+    datasets: HDF5 dataset names per role ({raw, white, dark}), for files holding several cubes.
+    """
     start_t = time.perf_counter()
-    with open_cube(raw) as cube, open_cube(white) as w, open_cube(dark) as d:
+    datasets = datasets or {}
+    with (open_cube(raw, datasets.get("raw")) as cube, _open_reference(white, Path(raw), "white", datasets) as w,
+          _open_reference(dark, Path(raw), "dark", datasets) as d):
         expected = hs["bands"]["expected"]
         if expected and cube.bands != expected:
             raise InputError(cube.path, f"has {cube.bands} bands; hyperspectral.bands.expected is {expected}")
@@ -102,6 +124,8 @@ def preprocess_image(raw: str | Path, white: str | Path, dark: str | Path, hs: d
         n_plant = int(mask.sum())
         n_back = int(mask.size - n_plant)
         summary = {"image": Path(out_zarr).stem, "source": str(cube.path), "format": cube.fmt,
+                   "datasets": {r: c.dataset for r, c in (("raw", cube), ("white", w), ("dark", d)) if c.dataset},
+                   "bit_depth": cube.bit_depth or (cube.dtype.itemsize * 8 if cube.dtype.kind in "ui" else None),
                    "interleave": cube.interleave, "dtype": str(cube.dtype), "lines": cube.lines,
                    "samples": cube.samples, "bands_in": cube.bands, "bands_out": int(out_wl.size),
                    "wavelength_nm": [float(out_wl[0]), float(out_wl[-1])],
@@ -132,12 +156,36 @@ def _tile_origins(shape: tuple[int, int], size: tuple[int, int]) -> list[tuple[i
     return [(y, x) for y in range(0, shape[0] - th + 1, th) for x in range(0, shape[1] - tw + 1, tw)]
 
 
-def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path) -> dict:
-    """Band stats from training plant pixels, then normalised tiles per split; returns the stats."""
+def _check_splits(splits: dict[str, str], picks: dict[str, dict], hs: dict, needed: dict[str, str]) -> list[str]:
+    """Refuse an empty split that a later stage needs (`needed`: split -> who); warn about the others."""
+    empty = []
+    for split in SPLITS:
+        n_images = sum(1 for s in splits.values() if s == split)
+        if sum(len(v) for v in picks[split].values()):
+            continue
+        empty.append(split)
+        what = (f"none of the {len(splits)} image(s) is assigned to it" if not n_images else
+                f"its {n_images} image(s) give no tile with at least "
+                f"{hs['tiles']['min_plant_fraction']:.0%} plant pixels (hyperspectral.tiles.min_plant_fraction)")
+        if split in needed:
+            hint = ("give at least 3 images (val and test get one each from 3 on)" if not n_images
+                    else "lower hyperspectral.tiles.min_plant_fraction")
+            raise InputError(None, f"hyperspectral: the {split} split is empty: {what}; {needed[split]} "
+                                   f"needs it ({hint})")
+        log.warning("hyperspectral: the %s split is empty: %s", split, what)
+    return empty
+
+
+def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path, needed: dict[str, str] | None = None) -> dict:
+    """Band stats from training plant pixels, then normalised tiles per split; returns the stats.
+
+    needed: split -> the later stage that reads it; such a split may not be empty (the
+    others get a warning and an empty store).
+    """
     out_dir = Path(out_dir)
     splits = assign_splits(list(images), hs["splits"], hs["splits"]["seed"])
     if not any(s == "train" for s in splits.values()):
-        raise InputError(None, "hyperspectral: no image left for the training split")
+        raise InputError(None, "hyperspectral: no image left for the training split (the band statistics need one)")
     groups = {name: zarr.open_group(str(path), mode="r") for name, path in images.items()}
     wl = None
     for name, g in groups.items():
@@ -148,6 +196,13 @@ def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path) -> dict:
             raise InputError(images[name], "wavelengths differ from the other images: set "
                                            "hyperspectral.bands.grid_nm to resample to a common grid")
     masks_by_image = {name: g["mask"][:].astype(bool) for name, g in groups.items()}
+    size = tuple(hs["tiles"]["size"])
+    min_plant = hs["tiles"]["min_plant_fraction"]
+    picks_by_split = {split: {name: [(y, x) for (y, x) in _tile_origins(masks_by_image[name].shape, size)
+                                     if masks_by_image[name][y:y + size[0], x:x + size[1]].mean() >= min_plant]
+                              for name in sorted(n for n, s in splits.items() if s == split)}
+                      for split in SPLITS}
+    empty = _check_splits(splits, picks_by_split, hs, needed or {})
     total = np.zeros(wl.size)
     total_sq = np.zeros(wl.size)
     count = 0
@@ -163,15 +218,11 @@ def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path) -> dict:
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     std = np.where(std > 1e-6, std, 1.0)
-    size = tuple(hs["tiles"]["size"])
-    min_plant = hs["tiles"]["min_plant_fraction"]
     mask_background = hs["tiles"]["mask_background"]
     counts = {}
     for split in SPLITS:
-        names = sorted(n for n, s in splits.items() if s == split)
-        picks = {name: [(y, x) for (y, x) in _tile_origins(masks_by_image[name].shape, size)
-                        if masks_by_image[name][y:y + size[0], x:x + size[1]].mean() >= min_plant]
-                 for name in names}
+        picks = picks_by_split[split]
+        names = list(picks)
         counts[split] = n_tiles = sum(len(v) for v in picks.values())
         with atomic_path(out_dir / f"{split}.zarr") as tmp:
             root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
@@ -199,7 +250,8 @@ def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path) -> dict:
             root.attrs.update({"images": [p[0] for p in order], "origins": [[p[1], p[2]] for p in order],
                                "split": split})
     stats = {"wavelengths": wl.tolist(), "mean": mean.tolist(), "std": std.tolist(),
-             "plant_pixels": int(count), "splits": splits, "tiles": counts, "tile_size": list(size),
+             "plant_pixels": int(count), "splits": splits, "tiles": counts, "empty_splits": empty,
+             "tile_size": list(size),
              "background_masked": bool(mask_background)}
     write_json(out_dir / "stats.json", stats)
     return stats

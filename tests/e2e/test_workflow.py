@@ -266,8 +266,17 @@ def test_bad_config_fails_clearly(tmp_path):
 
 def test_files_source_reads_the_users_files_in_place(tmp_path):
     """era5.source files: the user's NetCDF files are the regrid jobs' inputs (no copies, no
-    acquire jobs); a pattern matching nothing is reported as a missing input by its path."""
+    acquire jobs); a pattern matching nothing is reported as a missing input by its path.
+    hyperspectral.source files given by their headers: the data files are inputs too."""
     mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    cubes = []
+    for i in range(3):
+        for role in ("", "_white", "_dark"):
+            (mirror / f"img{i}{role}.hdr").touch()
+            (mirror / f"img{i}{role}.raw").touch()
+        cubes.append({"name": f"img{i}", "raw": f"{mirror}/img{i}.hdr", "white": f"{mirror}/img{i}_white.hdr",
+                      "dark": f"{mirror}/img{i}_dark.hdr"})
     for year in (2010, 2011, 2012):
         for month in ("01", "02"):
             for group in ("pl", "sl"):
@@ -275,16 +284,19 @@ def test_files_source_reads_the_users_files_in_place(tmp_path):
                 (mirror / str(year) / f"era5_{group}_{year}_{month}.nc").touch()
     files = {"pressure": f"{mirror}/{{year}}/era5_pl_*.nc", "single": f"{mirror}/{{year}}/era5_sl_*.nc",
              "static": f"{mirror}/static/*.nc"}
-    cfg = dict(TINY, era5=dict(TINY["era5"], source="files", files=files))
+    cfg = dict(TINY, era5=dict(TINY["era5"], source="files", files=files),
+               hyperspectral=dict(TINY["hyperspectral"], source="files", files=cubes))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     proc = snakemake(tmp_path, "-n", "--until", "era5_assemble", check=False)
     assert proc.returncode != 0
     assert f"{mirror}/static/*.nc" in proc.stdout + proc.stderr
     (mirror / "static").mkdir()
     (mirror / "static" / "era5_static.nc").touch()
-    proc = snakemake(tmp_path, "-n", "-p", "--until", "era5_assemble")
+    proc = snakemake(tmp_path, "-n", "-p", "--until", "era5_assemble", "hs_tiles")
     assert "rule era5_acquire:" not in proc.stdout and proc.stdout.count("rule era5_regrid:") == 7
     assert f"--input {mirror}/2011/era5_pl_2011_01.nc {mirror}/2011/era5_pl_2011_02.nc " in proc.stdout
+    hs_inputs = [line for line in proc.stdout.splitlines() if line.strip().startswith(f"input: {mirror}/img1")]
+    assert len(hs_inputs) == 1 and f"{mirror}/img1.raw" in hs_inputs[0] and f"{mirror}/img1_dark.raw" in hs_inputs[0]
 
 
 @pytest.mark.parametrize("profile", ["slurm", "frontier"])

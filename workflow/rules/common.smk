@@ -10,6 +10,7 @@ import yaml
 from pipeline_src import config as pipeline_config
 from pipeline_src import tracking
 from pipeline_src.era5.files import match_files, period_fingerprint
+from pipeline_src.hyperspectral.readers import cube_files
 
 # Full validation (schema + semantic checks such as overlapping split years) with a
 # message naming the bad key; the schema defaults are filled in here.
@@ -93,13 +94,21 @@ def era5_steps(wildcards):
 
 
 def hs_cubes(wildcards):
-    """raw, white, dark data files of one image: generated (synthetic) or from config (files)."""
+    """raw, white, dark cubes of one image (generated, or from config with source files), and
+    under `files` every header and data file they are read from: replacing one reruns the image."""
     if HS["source"] == "files":
         entry = next(f for f in HS["files"] if f["name"] == wildcards.image)
-        return {"raw": entry["raw"], "white": entry["white"], "dark": entry["dark"]}
+        paths = {"raw": entry["raw"], "white": entry["white"], "dark": entry["dark"]}
+        return {**paths, "files": sorted({f for p in paths.values() for f in cube_files(p)})}
     return {"raw": f"{HS_RAW}/{wildcards.image}.raw",
             "white": f"{HS_RAW}/{wildcards.image}_white.raw",
-            "dark": f"{HS_RAW}/{wildcards.image}_dark.raw"}
+            "dark": f"{HS_RAW}/{wildcards.image}_dark.raw",
+            "files": [f"{HS_RAW}/{wildcards.image}{end}.hdr" for end in ("", "_white", "_dark")]}
+
+
+def hs_entry(wildcards):
+    """Rerun trigger of one image: its own entry of hyperspectral.files (paths, dataset names)."""
+    return str(sorted(next((f for f in HS["files"] if f["name"] == wildcards.image), {}).items()))
 
 
 def train_inputs(wildcards):

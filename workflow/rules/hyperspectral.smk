@@ -40,6 +40,7 @@ rule hs_preprocess:
                        category="Hyperspectral", subcategory="previews"),
     params:
         config_hash=CFG.section_hash("hyperspectral.bands", "hyperspectral.calibrate", "hyperspectral.mask"),
+        entry=hs_entry,
         cli=CLI,
         rule_name="hs_preprocess",
     log:
