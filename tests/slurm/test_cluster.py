@@ -104,7 +104,9 @@ def test_training_chains_through_time_limits_on_two_ranks(workdir):
 
     client = MlflowClient(f"sqlite:///{workdir / 'results/mlflow/mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("slurm").experiment_id])
-    (train,) = [r for r in runs if r.data.tags.get("rule") == "train"]  # one run across the attempts
+    # one run across the Slurm attempts (the local reference run above has no Slurm job)
+    (train,) = [r for r in runs if r.data.tags.get("rule") == "train" and "slurm_job_ids" in r.data.tags]
+    assert train.info.run_name == f"train {VARIANT}" and train.data.tags["variant"] == VARIANT
     assert train.info.status == "FINISHED" and train.data.tags["slurm_job_ids"].split(",") == jobs
     history = client.get_metric_history(train.info.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(1, 701))
