@@ -25,3 +25,4 @@ class Batch:
     y: torch.Tensor | None = None
     lead_days: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    plant: torch.Tensor | None = None  # MAE: (B, H, W) plant pixels

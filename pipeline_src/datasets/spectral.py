@@ -18,16 +18,45 @@ from . import Batch, step_generator
 
 
 def mae_batch(tile, n_tiles: int, image: tuple[int, int], seed: int, step: int, micro: int,
-              global_batch: int, rows: slice, mask_ratio: float, patch: int) -> Batch:
-    """This rank's rows of a global MAE micro-batch: tiles tile(i) for drawn ids, with the shared mask."""
+              global_batch: int, rows: slice, mask_ratio: float, patch: int, plant=None,
+              weights: torch.Tensor | None = None) -> Batch:
+    """This rank's rows of a global MAE micro-batch: tiles tile(i) for drawn ids (uniformly, or
+    in proportion to `weights`), with the shared patch mask and, given `plant`, the plant pixels."""
     from ..model.arch import random_mask
 
     g = step_generator(seed, step, micro)
-    ids = torch.randint(0, n_tiles, (global_batch,), generator=g)
+    if weights is None:
+        ids = torch.randint(0, n_tiles, (global_batch,), generator=g)
+    else:
+        ids = torch.multinomial(weights, global_batch, replacement=True, generator=g)
     num_patches = (image[0] // patch) * (image[1] // patch)
     mask = random_mask(global_batch, num_patches, mask_ratio, g)
-    x = torch.stack([tile(int(i)) for i in ids[rows]])
-    return Batch(x, mask=mask[rows])
+    mine = [int(i) for i in ids[rows]]
+    x = torch.stack([tile(i) for i in mine])
+    plants = torch.stack([plant(i) for i in mine]) if plant is not None else None
+    return Batch(x, mask=mask[rows], plant=plants)
+
+
+SPLIT_SALT = {"val": 11, "test": 13}
+
+
+def tile_mask(seed: int, split: str, index: int, num_patches: int, ratio: float) -> torch.Tensor:
+    """The evaluation mask of one held-out tile: (num_patches,) bool, identical for every variant
+    (training's held-out curve and the evaluation stage use the same)."""
+    from ..model.arch import random_mask
+
+    return random_mask(1, num_patches, ratio, step_generator(seed, index, 0, SPLIT_SALT[split]))[0]
+
+
+def sampling_weights(plant_fraction: torch.Tensor, how: str) -> torch.Tensor | None:
+    """Tile drawing weights: None (uniform), or in proportion to each tile's plant fraction ('plant')."""
+    if how == "uniform":
+        return None
+    if how != "plant":
+        raise ValueError(f"unknown tile sampling {how!r}")
+    if float(plant_fraction.sum()) <= 0:
+        raise ValueError("no tile holds plant pixels: plant-weighted sampling has nothing to draw")
+    return plant_fraction.double()
 
 
 class SpectralTiles:
@@ -48,6 +77,9 @@ class SpectralTiles:
         self.bands = int(self.tiles.shape[1])
         self.image = (int(self.tiles.shape[2]), int(self.tiles.shape[3]))
         self.masks = group["mask"] if "mask" in group else None
+        fractions = (np.asarray(self.masks[:], dtype=np.float64).mean(axis=(1, 2)) if self.masks is not None
+                     else np.ones(len(self)))
+        self.plant_fraction = torch.from_numpy(fractions)
 
     def __len__(self) -> int:
         return int(self.tiles.shape[0])
@@ -63,10 +95,11 @@ class SpectralTiles:
         return torch.from_numpy(np.asarray(self.masks[index]).astype(bool))
 
     def batch(self, seed: int, step: int, micro: int, global_batch: int, rows: slice,
-              mask_ratio: float, patch: int) -> Batch:
-        """This rank's rows of the global micro-batch, with the (shared) MAE mask."""
+              mask_ratio: float, patch: int, sampling: str = "uniform") -> Batch:
+        """This rank's rows of the global micro-batch, with the (shared) MAE mask and the plant pixels."""
         return mae_batch(self.tile, self.tiles.shape[0], self.image, seed, step, micro, global_batch,
-                         rows, mask_ratio, patch)
+                         rows, mask_ratio, patch, self.plant_mask if self.masks is not None else None,
+                         sampling_weights(self.plant_fraction, sampling))
 
 
 class SyntheticSpectralTiles:
@@ -93,19 +126,27 @@ class SyntheticSpectralTiles:
         self.mean = sample.mean(dim=(0, 2, 3))[:, None, None]
         self.std = sample.std(dim=(0, 2, 3))[:, None, None]
 
-    def tile(self, index: int) -> torch.Tensor:
-        """The normalised tile number `index`, (bands, H, W)."""
+    def _abundances(self, index: int) -> tuple[torch.Tensor, torch.Generator]:
         g = step_generator(self.seed, index, 0, salt=7)
         h, w = self.image
         logits = torch.randn(1, 4, max(2, h // 16), max(2, w // 16), generator=g) * 2.0
         logits = torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        weights = torch.softmax(logits[0], dim=0)  # (4, H, W)
+        return torch.softmax(logits[0], dim=0), g  # (4, H, W)
+
+    def tile(self, index: int) -> torch.Tensor:
+        """The normalised tile number `index`, (bands, H, W)."""
+        weights, g = self._abundances(index)
         cube = torch.einsum("khw,kb->bhw", weights, self.spectra)
         cube = cube + 0.005 * torch.randn(cube.shape, generator=g)
         return (cube - self.mean) / self.std
 
+    def plant_mask(self, index: int) -> torch.Tensor:
+        """Pixels of tile `index` that are mostly leaf, (H, W) bool."""
+        weights, _ = self._abundances(index)
+        return weights[:2].sum(0) > 0.5
+
     def batch(self, seed: int, step: int, micro: int, global_batch: int, rows: slice,
-              mask_ratio: float, patch: int) -> Batch:
-        """This rank's rows of the global micro-batch, with the (shared) MAE mask."""
+              mask_ratio: float, patch: int, sampling: str = "uniform") -> Batch:
+        """This rank's rows of the global micro-batch, with the (shared) MAE mask and the plant pixels."""
         return mae_batch(self.tile, 2**31 - 1, self.image, seed, step, micro, global_batch,
-                         rows, mask_ratio, patch)
+                         rows, mask_ratio, patch, self.plant_mask)

@@ -6,7 +6,12 @@ reflectance with the tile stage's per-band statistics before PSNR and spectral a
   masked_mse       mean squared error in normalised units (the training loss's units)
   mse_reflectance  the same in reflectance; psnr = 10 log10(1 / mse_reflectance) (peak 1)
   sam_deg          mean spectral angle (degrees) between true and reconstructed spectra
-All are pooled over the plant pixels of the masked patches of a split.
+All are pooled over the plant pixels of the masked patches of a split. The same metrics are
+reported for the two trivial predictors (suffix _ref_zero: every masked pixel gets the
+training band mean; _ref_visible_mean: the mean spectrum of the tile's visible plant
+pixels), so a reader sees at once whether the model beats them. A model trained with
+norm_pix predicts each patch in its own units; its output is returned to data units with
+the true patch's plant-pixel mean and deviation (oracle statistics, said in the output).
 """
 
 from __future__ import annotations
@@ -17,17 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..datasets import step_generator
-from ..datasets.spectral import SpectralTiles
+from ..datasets.spectral import SpectralTiles, tile_mask
 from ..io import InputError, read_json
-from ..model.arch import random_mask
 from ..model.build import ModelSpec
 from ..model.tokenizer import unpatchify
 from ..parallel import checkpoint as ckpt
 from ..parallel.mesh import is_main
+from ..model.mae_objective import MaeObjective
 from .runtime import gather, load_parallel, progress, share, start
 
-SPLIT_SALT = {"val": 11, "test": 13}
 RGB_NM = (640.0, 550.0, 460.0)
 
 
@@ -45,11 +48,6 @@ class MaeEval:
     fsdp: int = 1
     dp: int | str = "auto"
     expected_world: int | None = None  # evaluate.nproc: refuse another number of ranks
-
-
-def tile_mask(seed: int, split: str, index: int, num_patches: int, ratio: float) -> torch.Tensor:
-    """The evaluation mask of one tile: (num_patches,) bool, identical for every variant."""
-    return random_mask(1, num_patches, ratio, step_generator(seed, index, 0, SPLIT_SALT[split]))[0]
 
 
 def reconstruct_image(pred: torch.Tensor, bands: int, patch: int, grid: tuple[int, int]) -> torch.Tensor:
@@ -114,22 +112,29 @@ def run_mae_eval(job: MaeEval) -> dict | None:
     wl = np.asarray(stats["wavelengths"])
     model = load_parallel(job.checkpoint, spec, mesh, device)
     ratio = float(meta.get("mask_ratio", 0.75))
-    out = {"splits": {}, "wavelengths": wl.tolist(), "mask_ratio": ratio}
+    objective = MaeObjective(spec.patch, norm_pix=bool(meta.get("objective", {}).get("norm_pix", False)))
+    out = {"splits": {}, "wavelengths": wl.tolist(), "mask_ratio": ratio,
+           "norm_pix_oracle_statistics": objective.norm_pix}
     for split in job.splits:
         tiles = SpectralTiles(Path(job.tiles) / f"{split}.zarr")
         if (tiles.bands, tiles.image) != (spec.channels, tuple(spec.image)):
             raise InputError(tiles.store, f"tiles of {tiles.bands} bands, {tiles.image[0]}x{tiles.image[1]}; "
                                           f"the checkpoint was trained on {spec.channels} bands, "
                                           f"{spec.image[0]}x{spec.image[1]}")
-        sums, preview = _evaluate_split(job, model, spec, tiles, split, ratio, mean, std, mesh, device)
+        sums, preview = _evaluate_split(job, model, spec, tiles, split, ratio, mean, std, mesh, device, objective)
         states = gather((sums, preview))
         if is_main():
-            total = _Sums(spec.channels)
+            totals = {name: _Sums(spec.channels) for name in PREDICTORS}
             for s, p in states:
                 if s is not None:
-                    total.merge(s)
+                    for name in PREDICTORS:
+                        totals[name].merge(s[name])
                     preview = preview or p
+            total = totals["model"]
             out["splits"][split] = total.metrics()
+            for name in PREDICTORS[1:]:
+                out["splits"][split].update({f"{k}_{name}": v for k, v in totals[name].metrics().items()
+                                             if k != "plant_pixels"})
             out["splits"][split]["tiles"] = len(tiles)
             if split == job.splits[-1]:
                 n = max(total.n_pixels, 1)
@@ -138,10 +143,21 @@ def run_mae_eval(job: MaeEval) -> dict | None:
     return out if is_main() else None
 
 
-def _evaluate_split(job, model, spec, tiles, split, ratio, mean, std, mesh, device):
+PREDICTORS = ("model", "ref_zero", "ref_visible_mean")
+
+
+def reference_images(x: torch.Tensor, masked: torch.Tensor, plants: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The trivial predictors' images (B, C, H, W) in normalised units: zero (the training band
+    mean) and each tile's mean spectrum over its visible plant pixels (zero without any)."""
+    visible = (plants & ~masked).to(x.dtype)[:, None]  # (B, 1, H, W)
+    spectrum = (x * visible).sum(dim=(2, 3)) / visible.sum(dim=(2, 3)).clamp_min(1.0)  # (B, C)
+    return [("ref_zero", torch.zeros_like(x)), ("ref_visible_mean", spectrum[:, :, None, None].expand_as(x))]
+
+
+def _evaluate_split(job, model, spec, tiles, split, ratio, mean, std, mesh, device, objective):
     grid, patch = spec.grid, spec.patch
     mine, passes, scoring = share(list(range(len(tiles))), mesh, job.batch)
-    sums = _Sums(spec.channels)
+    sums = {name: _Sums(spec.channels) for name in PREDICTORS}
     preview = []
     rgb = [int(np.argmin(np.abs(np.asarray(tiles.wavelengths) - nm))) for nm in RGB_NM]
     bar = progress(is_main(), passes, f"{split} tiles")
@@ -154,10 +170,13 @@ def _evaluate_split(job, model, spec, tiles, split, ratio, mean, std, mesh, devi
             plants = torch.stack([tiles.plant_mask(i) for i in ids])
             mask = torch.stack([tile_mask(job.seed, split, i, grid[0] * grid[1], ratio) for i in ids])
             pred = model(x.to(device), mask.to(device)).float().cpu()
+            if objective.norm_pix:
+                pred = objective.to_data_units(pred, x, mask, plants)
             recon = reconstruct_image(pred, spec.channels, patch, grid)
             masked = pixel_mask(mask, patch, grid)
             if real and scoring:
-                sums.add(x, recon, x * std + mean, recon * std + mean, masked & plants)
+                for name, guess in (("model", recon), *reference_images(x, masked, plants)):
+                    sums[name].add(x, guess, x * std + mean, guess * std + mean, masked & plants)
                 for k in range(len(ids)):  # preview tiles that show a plant
                     if len(preview) < job.preview_tiles and plants[k].float().mean() >= 0.1:
                         preview.append(_rgb_triplet(x[k], recon[k], masked[k], plants[k], mean, std, rgb))

@@ -105,8 +105,9 @@ def loss_curves(curves: dict[str, list[tuple[int, float]]], path: str | Path, ti
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, pts in curves.items():
-        if pts:
-            ax.plot(*zip(*pts), label=name)
+        if pts:  # trivial references dashed and grey, models solid
+            style = dict(color="0.5", ls="--" if "zero" in name else ":") if name.startswith("predict") else {}
+            ax.plot(*zip(*pts), label=name, **style)
     ax.set(xlabel="step", ylabel=ylabel, yscale="log", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()

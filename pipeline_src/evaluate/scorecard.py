@@ -137,12 +137,23 @@ def markdown(rows: list[dict], diffs: list[dict], meta: dict, mae: dict[str, dic
         lines.append("")
     if mae:
         lines += ["## Masked autoencoders (plant pixels of masked patches, evaluation masks shared by all variants)", "",
-                  "| variant | split | tiles | masked MSE (normalised) | MSE (reflectance) | PSNR (dB, peak 1) | SAM (deg) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "Beside each model, the trivial predictors on the same pixels: *zero* predicts the training "
+                  "band mean, *visible mean* the mean spectrum of the tile's visible plant pixels. "
+                  "`vs best` = the model's masked MSE over the better of the two (below 1: it beats both).", "",
+                  "| variant | split | tiles | predictor | masked MSE (normalised) | vs best | MSE (reflectance) | "
+                  "PSNR (dB, peak 1) | SAM (deg) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, res in mae.items():
             for split, m in sorted(res["splits"].items(), key=lambda kv: ("val", "test").index(kv[0])):
-                lines.append(f"| {name} | {split} | {m['tiles']} | {_fmt(m['masked_mse'])} | "
-                             f"{_fmt(m['mse_reflectance'])} | {m['psnr']:.2f} | {m['sam_deg']:.2f} |")
+                best = min((m[f"masked_mse_{r}"] for r in ("ref_zero", "ref_visible_mean") if f"masked_mse_{r}" in m),
+                           default=None)
+                for label, suffix in (("model", ""), ("zero", "_ref_zero"), ("visible mean", "_ref_visible_mean")):
+                    if f"masked_mse{suffix}" not in m:
+                        continue
+                    ratio = m[f"masked_mse{suffix}"] / best if best else float("nan")
+                    lines.append(f"| {name} | {split} | {m['tiles']} | {label} | {_fmt(m[f'masked_mse{suffix}'])} | "
+                                 f"{ratio:.2f} | {_fmt(m[f'mse_reflectance{suffix}'])} | {m[f'psnr{suffix}']:.2f} | "
+                                 f"{m[f'sam_deg{suffix}']:.2f} |")
         lines.append("")
     return "\n".join(lines)
 

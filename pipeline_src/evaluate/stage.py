@@ -170,10 +170,17 @@ def make_scorecard(cfg: Config, eval_root: str, train_root: str, out_dir: str, r
                 plots.metric_vs_lead(rows, metric, plot_dir / f"{metric}_vs_lead.png", f"{title} against lead time")
         curves = {}
         for name in mae:
-            summary = read_json(Path(train_root) / name / "summary.json")
-            curves[name] = [(h["step"], h["loss"]) for h in summary["history"]]
+            history = read_json(Path(train_root) / name / "summary.json")["history"]
+            scored = [h for h in history if "heldout_loss" in h]
+            if scored:  # held-out curves, with the references of the first variant (same tiles and masks)
+                curves[f"{name} held-out"] = [(h["step"], h["heldout_loss"]) for h in scored]
+                for ref, label in (("heldout_ref_zero", "predict zero"), ("heldout_ref_visible_mean", "predict visible mean")):
+                    curves.setdefault(label, [(h["step"], h[ref]) for h in scored])
+            else:
+                curves[f"{name} training"] = [(h["step"], h["loss"]) for h in history]
         if curves:
-            plots.loss_curves(curves, plot_dir / "mae_loss.png", "MAE training loss (masked patches)", "loss")
+            plots.loss_curves(curves, plot_dir / "mae_loss.png",
+                              "MAE masked plant-pixel loss (held-out tiles) and trivial references", "masked MSE")
         plot_dir.mkdir(parents=True, exist_ok=True)
         run.set_tags({"metric_conventions": CONVENTIONS})
         _log_rows(run, [{**d, "metric": f"{d['metric']}.{d['variant']}"} for d in diffs])

@@ -41,11 +41,13 @@ def job_from_config(cfg: Config, variant: str, out_dir: str | Path, assembled: s
     else:
         m = cfg.data["mae"]
         data = {"source": m["source"], "bands": m["bands"], "image": list(m["image"]),
-                "mask_ratio": m["mask_ratio"], "seed": m["seed"]}
+                "mask_ratio": m["mask_ratio"], "seed": m["seed"], "loss": m["loss"], "norm_pix": m["norm_pix"],
+                "sampling": m["sampling"], "heldout_every": m["heldout_every"]}
         if m["source"] == "hyperspectral":
             if tiles is None:
                 raise ValueError("an MAE variant on hyperspectral tiles needs the tiles directory")
             data["store"] = str(Path(tiles) / "train.zarr")
+            data["heldout_store"] = str(Path(tiles) / "val.zarr")
             data["version"] = data_version(Path(tiles) / "stats.json")
     out = Path(out_dir)
     return TrainJob(name=variant, task=v["task"], model=v["model"], settings=settings, run_dir=out,

@@ -32,7 +32,9 @@ from ..datasets.era5 import ERA5Forecast
 from ..datasets.loader import step_loader
 from ..datasets.spectral import SpectralTiles, SyntheticSpectralTiles
 from .engine import build_engine
-from .losses import forecast_loss, latitude_weights, mae_loss
+from .losses import forecast_loss, latitude_weights
+from .mae import MaeTraining, beats_references
+from ..model.mae_objective import REFERENCES
 from .schedule import learning_rate
 
 log = logging.getLogger(__name__)
@@ -165,13 +167,13 @@ class _StopFlag:
         return 1.0 if self.raised else 0.0
 
 
-def _loss(job: TrainJob, model, batch, spec: ModelSpec, lat_w, device, autocast) -> torch.Tensor:
+def _loss(job: TrainJob, model, batch, mae: MaeTraining | None, lat_w, device, autocast):
+    """(loss, extras): the MAE's extras are its trivial references on the same batch."""
+    if mae is not None:
+        return mae.loss(model, batch, device, autocast)
     with autocast():
-        if job.task == "forecast":
-            pred = model(batch.x.to(device), batch.lead_days.to(device))
-            return forecast_loss(pred.float(), batch.y.to(device), lat_w)
-        pred = model(batch.x.to(device), batch.mask.to(device))
-        return mae_loss(pred.float(), batch.x.to(device), batch.mask.to(device), spec.patch)
+        pred = model(batch.x.to(device), batch.lead_days.to(device))
+    return forecast_loss(pred.float(), batch.y.to(device), lat_w), torch.zeros(0, device=device)
 
 
 class _Fetch:
@@ -181,6 +183,7 @@ class _Fetch:
     def __init__(self, job: TrainJob, data, spec: ModelSpec, model, seed: int, global_batch: int, rows: slice):
         self.data, self.task, self.seed, self.global_batch, self.rows = data, job.task, seed, global_batch, rows
         self.mask_ratio, self.patch = job.data.get("mask_ratio"), spec.patch
+        self.sampling = job.data.get("sampling", "uniform")
         front = getattr(model, "front", None)
         span = front.input_span() if hasattr(front, "input_span") else None
         self.channels = slice(*span) if span is not None and span != (0, spec.channels) else None
@@ -188,19 +191,22 @@ class _Fetch:
     def __call__(self, step: int, micro: int):
         if self.task == "forecast":
             return self.data.batch(self.seed, step, micro, self.global_batch, self.rows, self.channels)
-        return self.data.batch(self.seed, step, micro, self.global_batch, self.rows, self.mask_ratio, self.patch)
+        return self.data.batch(self.seed, step, micro, self.global_batch, self.rows, self.mask_ratio, self.patch,
+                               self.sampling)
 
 
-def _sync(pending: list, stop: _StopFlag, device) -> tuple[list[float], list[float], bool]:
-    """One host sync for the steps since the last: their mean losses over all ranks, grad norms,
-    and whether any rank must stop (agreed by all, in the same all-reduce)."""
-    losses = torch.stack([p[0] for p in pending] + [torch.tensor(stop.local(), device=device)])
+def _sync(pending: list, stop: _StopFlag, device) -> tuple[list[list[float]], list[float], bool]:
+    """One host sync for the steps since the last: per step its loss and extras averaged over all
+    ranks, the grad norms, and whether any rank must stop (agreed by all, in the same all-reduce)."""
+    per_step = torch.stack([torch.cat([p[0].reshape(1), p[3]]) for p in pending])  # (steps, 1 + extras)
+    width = per_step.shape[1]
+    reduced = torch.cat([per_step.reshape(-1), torch.tensor([stop.local()], device=device)])
     if dist.is_initialized():
-        dist.all_reduce(losses)
-        losses[:-1] /= dist.get_world_size()
-    values = torch.cat([losses, torch.stack([p[1] for p in pending]).float()]).tolist()
-    n = len(pending)
-    return values[:n], values[n + 1:], values[n] > 0
+        dist.all_reduce(reduced)
+        reduced[:-1] /= dist.get_world_size()
+    stop_now = float(reduced[-1]) > 0
+    rows = reduced[:-1].reshape(-1, width).tolist()
+    return rows, torch.stack([p[1] for p in pending]).float().tolist(), stop_now
 
 
 def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) -> dict:
@@ -224,6 +230,8 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
     global_batch = s.micro_batch * shards
     rows = slice(shard * s.micro_batch, (shard + 1) * s.micro_batch)
     lat_w = latitude_weights(data.latitudes).to(device) if job.task == "forecast" else None
+    mae = MaeTraining(job.data, spec.patch) if job.task == "mae" else None
+    extras = REFERENCES if mae is not None else ()
 
     meta = {"fingerprint": spec.fingerprint(), "spec": spec.to_dict(), "variant": job.name,
             "task": job.task, "mesh": {"dp": shape.dp, "fsdp": shape.fsdp, "tp": shape.tp}}
@@ -232,6 +240,7 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
         meta["lead_days"] = data.lead_days
     else:
         meta["mask_ratio"] = job.data["mask_ratio"]
+        meta["objective"] = {"loss": job.data.get("loss", "plant"), "norm_pix": bool(job.data.get("norm_pix", False))}
     # Resume only the same run: same architecture, optimisation settings and data. The mesh
     # is left out on purpose, since DCP reshards a checkpoint to another world size.
     run_key = run_fingerprint(spec, s, job.data)
@@ -263,34 +272,40 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
                             key=f"train-{job.name}-{run_key}", wildcards={"variant": job.name}) as run, _StopFlag(deadline) as stop:
         run.set_tags({"resumed_from_step": start, "train_run_key": run_key})
         progress = _progress(is_main(), start, s.steps, job.name)
-        t_last, samples_since, pending = time.perf_counter(), 0, []
+        t_last, samples_since, pending, pending_heldout = time.perf_counter(), 0, [], {}
         batches = iter(step_loader(_Fetch(job, data, spec, model, s.seed, global_batch, rows), start, s.steps,
                                    s.grad_accum, s.loader_workers, s.prefetch))
         for step in range(start, s.steps):
             lr = learning_rate(step, s.lr, s.warmup_steps, s.steps, s.min_lr_ratio)
             loss_sum = torch.zeros((), device=device)
+            extra_sum = torch.zeros(len(extras), device=device)
             for micro in range(s.grad_accum):
                 if par.fsdp:
                     model.set_requires_gradient_sync(micro == s.grad_accum - 1)
                 batch = next(batches)
-                loss = _loss(job, model, batch, spec, lat_w, device, engine.autocast) / s.grad_accum
-                loss.backward()
-                loss_sum += loss.detach()
+                loss, extra = _loss(job, model, batch, mae, lat_w, device, engine.autocast)
+                (loss / s.grad_accum).backward()
+                loss_sum += loss.detach() / s.grad_accum
+                extra_sum += extra.detach() / s.grad_accum
             norm = engine.step(lr, s.grad_clip)
             samples_since += global_batch * s.grad_accum
             done = step + 1
-            pending.append((loss_sum, norm, lr))
+            pending.append((loss_sum, norm, lr, extra_sum))
+            heldout = mae.score_heldout(model, spec, device, engine.autocast) if mae and mae.due(done, s.steps) else None
             if on_step is not None:
                 on_step(done)
             at_checkpoint = s.checkpoint_every and done % s.checkpoint_every == 0 and done < s.steps
+            if heldout is not None:
+                pending_heldout[done] = heldout
             if not (done % s.log_every == 0 or done == s.steps or at_checkpoint):
                 continue  # no host sync on this step
-            losses, norms, stop_now = _sync(pending, stop, device)
+            rows, norms, stop_now = _sync(pending, stop, device)
             first = done - len(pending) + 1
-            for i, (loss_value, norm_value, (_, _, step_lr)) in enumerate(zip(losses, norms, pending)):
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"{job.name}: loss is {loss_value} at step {first + i}")
-                record = {"step": first + i, "loss": loss_value, "lr": step_lr, "grad_norm": norm_value}
+            for i, (row, norm_value, (_, _, step_lr, _)) in enumerate(zip(rows, norms, pending)):
+                if not math.isfinite(row[0]):
+                    raise FloatingPointError(f"{job.name}: loss is {row[0]} at step {first + i}")
+                record = {"step": first + i, "loss": row[0], "lr": step_lr, "grad_norm": norm_value,
+                          **dict(zip(extras, row[1:])), **pending_heldout.pop(first + i, {})}
                 history.append(record)
             now = time.perf_counter()
             history[-1]["samples_per_s"] = samples_since / (now - t_last)
@@ -298,7 +313,7 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
             for record in history[-len(pending):]:
                 run.log_metrics({k: v for k, v in record.items() if k != "step"}, step=record["step"])
             progress.update(len(pending))
-            progress.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+            progress.set_postfix(loss=f"{rows[-1][0]:.4f}", lr=f"{lr:.2e}")
             pending = []
             if at_checkpoint or stop_now:
                 ckpt.save_checkpoint(ckpt.step_dir(ckpt_root, done), model, optimizer,
@@ -321,6 +336,11 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
                    "resume_folder": str(ckpt_root)}
         rates = [h["samples_per_s"] for h in history if "samples_per_s" in h]
         summary["samples_per_s"] = sum(rates) / len(rates) if rates else None
+        scored = [h for h in history if "heldout_loss" in h]
+        if scored:  # the MAE's held-out verdict: final loss against the best trivial reference
+            summary["heldout"] = {k: scored[-1][k] for k in ("step", "heldout_loss", "heldout_ref_zero",
+                                                             "heldout_ref_visible_mean")}
+            summary["heldout"]["loss_over_best_reference"] = beats_references(scored[-1])
         if is_main():
             run.log_metrics({f"peak_memory_mb_rank{r}": v for r, v in enumerate(peaks)})
             run.log_params({"final_checkpoint": str(job.final_dir)})
@@ -350,16 +370,29 @@ def _progress(enabled: bool, start: int, total: int, name: str):
 
 
 def _plot_loss(history: list[dict], path: Path, name: str) -> None:
+    """Training loss per step; for the MAE also its trivial references and the held-out curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history])
-    ax.set(xlabel="step", ylabel="training loss", yscale="log", title=name)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["loss"] for h in history], color="C0", lw=1, alpha=0.6, label="train loss")
+    for key, color in (("ref_zero", "C1"), ("ref_visible_mean", "C2")):
+        if key in history[0]:
+            ax.plot(steps, [h[key] for h in history], color=color, lw=0.8, alpha=0.35,
+                    label=f"train {key.replace('ref_', 'predict ').replace('_', ' ')}")
+    scored = [h for h in history if "heldout_loss" in h]
+    for key, color, style in (("heldout_loss", "C0", "-"), ("heldout_ref_zero", "C1", "--"),
+                              ("heldout_ref_visible_mean", "C2", "--")):
+        if scored:
+            ax.plot([h["step"] for h in scored], [h[key] for h in scored], color=color, ls=style, lw=2,
+                    marker="o", ms=3, label=key.replace("heldout_", "held-out ").replace("_", " "))
+    ylabel = "masked plant-pixel MSE (normalised)" if scored or "ref_zero" in history[0] else "training loss"
+    ax.set(xlabel="step", ylabel=ylabel, yscale="log", title=name)
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-

@@ -1,4 +1,4 @@
-"""Training losses: latitude-weighted MSE for forecasts, masked-patch MSE for the MAE."""
+"""Training losses: latitude-weighted MSE for forecasts (the MAE's objective is in mae_objective)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,3 @@ def mae_targets(x: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, L, C * patch**2), the layout the MAE decoder predicts."""
     p = patchify(x, patch)  # (B, C, L, p*p)
     return p.permute(0, 2, 1, 3).reshape(p.shape[0], p.shape[2], -1)
-
-
-def mae_loss(pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, patch: int) -> torch.Tensor:
-    """MSE over every channel of the masked patches only."""
-    per_patch = ((pred - mae_targets(x, patch)) ** 2).mean(dim=-1)
-    m = mask.to(per_patch.dtype)
-    return (per_patch * m).sum() / m.sum()

@@ -1,0 +1,105 @@
+"""The masked-autoencoder objective on plant pixels, and the trivial references beside it.
+
+The tiles' background is set to 0 after normalising (hyperspectral stage), so an MSE over
+whole masked patches mostly scores how often a batch holds plant pixels. Here the squared
+error is averaged over the plant pixels of masked patches only (every band), so the loss
+measures how well plant spectra are reconstructed. Two trivial predictors are scored on
+the same pixels of the same batch:
+
+- ref_zero: predict 0, the training band mean after normalising;
+- ref_visible_mean: predict, for every masked pixel of a tile, the mean spectrum of the
+  tile's visible plant pixels (0 when it has none).
+
+With `norm_pix` (the usual MAE option) each masked patch's target is normalised by its own
+plant-pixel mean and standard deviation over all bands; the references are then scored
+after the same normalisation. A batch whose masked patches hold no plant pixel has loss 0
+(a zero that still back-propagates) and is counted as such in the references.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .tokenizer import patchify
+
+
+@dataclass(frozen=True)
+class MaeObjective:
+    """Loss and references of one MAE configuration (see module doc)."""
+
+    patch: int
+    plant_only: bool = True
+    norm_pix: bool = False
+    eps: float = 1e-6
+
+    def _layout(self, x: torch.Tensor, mask: torch.Tensor, plant: torch.Tensor | None):
+        """Targets (B, L, C, P), pixel weights (B, L, P) of the scored pixels, patch plant pixels (B, L, P)."""
+        target = patchify(x, self.patch).permute(0, 2, 1, 3)  # (B, L, C, P)
+        b, length, _, p = target.shape
+        if self.plant_only and plant is not None:
+            inside = patchify(plant[:, None].to(target.dtype), self.patch)[:, 0]  # (B, L, P)
+        else:
+            inside = torch.ones(b, length, p, dtype=target.dtype, device=target.device)
+        weight = inside * mask.to(target.dtype)[:, :, None]
+        return target, weight, inside
+
+    def _normalise(self, values: torch.Tensor, target: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        """values (B, L, C, P) in the target's per-patch normalisation (identity without norm_pix)."""
+        if not self.norm_pix:
+            return values
+        n = (inside.sum(-1) * target.shape[2]).clamp_min(1.0)[:, :, None, None]  # values per patch
+        w = inside[:, :, None, :]
+        mean = (target * w).sum(dim=(2, 3), keepdim=True) / n
+        var = (((target - mean) ** 2) * w).sum(dim=(2, 3), keepdim=True) / n
+        return (values - mean) / (var + self.eps).sqrt()
+
+    def to_data_units(self, pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
+                      plant: torch.Tensor | None = None) -> torch.Tensor:
+        """A norm_pix model's (B, L, C*P) output back in the tiles' units, with each true patch's
+        plant-pixel mean and deviation (oracle statistics: for reconstructions and metrics)."""
+        target, _, inside = self._layout(x, mask, plant)
+        n = (inside.sum(-1) * target.shape[2]).clamp_min(1.0)[:, :, None, None]
+        w = inside[:, :, None, :]
+        mean = (target * w).sum(dim=(2, 3), keepdim=True) / n
+        var = (((target - mean) ** 2) * w).sum(dim=(2, 3), keepdim=True) / n
+        return (pred.reshape(target.shape) * (var + self.eps).sqrt() + mean).reshape(pred.shape)
+
+    @staticmethod
+    def _sum(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return (((pred - target) ** 2).mean(dim=2) * weight).sum()  # band-mean squared error, weighted pixels
+
+    def loss(self, pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
+             plant: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean squared error over (plant pixels of) masked patches; pred is the decoder's (B, L, C*P)."""
+        target, weight, inside = self._layout(x, mask, plant)
+        b, length, c, p = target.shape
+        goal = self._normalise(target, target, inside)
+        return self._sum(pred.reshape(b, length, c, p), goal, weight) / weight.sum().clamp_min(1.0)
+
+    def sums(self, pred: torch.Tensor | None, x: torch.Tensor, mask: torch.Tensor,
+             plant: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Summed squared errors of the model (given pred) and of the trivial predictors, and the
+        number of scored pixels: pool them over batches, divide by 'pixels' at the end."""
+        with torch.no_grad():
+            target, weight, inside = self._layout(x, mask, plant)
+            visible = inside * (~mask).to(target.dtype)[:, :, None]  # (B, L, P)
+            count = visible.sum(dim=(1, 2)).clamp_min(1.0)  # (B,)
+            spectrum = (target * visible[:, :, None, :]).sum(dim=(1, 3)) / count[:, None]  # (B, C)
+            goal = self._normalise(target, target, inside)
+            out = {"pixels": weight.sum(),
+                   "ref_zero": self._sum(self._normalise(torch.zeros_like(target), target, inside), goal, weight),
+                   "ref_visible_mean": self._sum(self._normalise(spectrum[:, None, :, None].expand_as(target),
+                                                                 target, inside), goal, weight)}
+            if pred is not None:
+                out["loss"] = self._sum(pred.detach().reshape(target.shape), goal, weight)
+            return out
+
+    def references(self, x: torch.Tensor, mask: torch.Tensor, plant: torch.Tensor | None = None) -> dict:
+        """The trivial predictors' losses on the same pixels as the loss: {'ref_zero', 'ref_visible_mean'}."""
+        s = self.sums(None, x, mask, plant)
+        return {k: s[k] / s["pixels"].clamp_min(1.0) for k in REFERENCES}
+
+
+REFERENCES = ("ref_zero", "ref_visible_mean")

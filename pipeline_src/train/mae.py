@@ -1,0 +1,73 @@
+"""The masked autoencoder's side of training: plant-pixel loss with its trivial references on
+every batch, and a held-out curve on fixed masks of the validation tiles."""
+
+from __future__ import annotations
+
+import torch
+
+from ..datasets.spectral import SpectralTiles, tile_mask
+from ..model.mae_objective import REFERENCES, MaeObjective
+
+HELDOUT_KEYS = ("heldout_loss", "heldout_ref_zero", "heldout_ref_visible_mean")
+
+
+class MaeTraining:
+    """Loss, references and held-out scoring of one MAE run (job.data holds the settings)."""
+
+    def __init__(self, data: dict, patch: int):
+        self.objective = MaeObjective(patch, plant_only=data.get("loss", "plant") == "plant",
+                                      norm_pix=bool(data.get("norm_pix", False)))
+        self.mask_ratio = data["mask_ratio"]
+        self.seed = data.get("seed", 0)
+        self.every = int(data.get("heldout_every", 0))
+        store = data.get("heldout_store")
+        self.heldout = SpectralTiles(store) if store and self.every else None
+
+    def loss(self, model, batch, device, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, [ref_zero, ref_visible_mean]) on this rank's micro-batch."""
+        x, mask = batch.x.to(device), batch.mask.to(device)
+        plant = batch.plant.to(device) if batch.plant is not None else None
+        with autocast():
+            pred = model(x, mask)
+        loss = self.objective.loss(pred.float(), x, mask, plant)
+        refs = self.objective.references(x, mask, plant)
+        return loss, torch.stack([refs[k] for k in REFERENCES])
+
+    def due(self, done: int, total: int) -> bool:
+        """True at the steps that score the held-out tiles (every `heldout_every`, and the last)."""
+        return self.heldout is not None and (done % self.every == 0 or done == total)
+
+    def score_heldout(self, model, spec, device, autocast, batch: int = 8) -> dict[str, float]:
+        """Pooled plant-pixel loss of the model and the references on every held-out tile.
+
+        Every rank scores every tile (the held-out split is small), so tensor-parallel peers
+        run the same forward and no reduction is needed.
+        """
+        tiles = self.heldout
+        grid = spec.grid
+        totals: dict[str, float] = {}
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for lo in range(0, len(tiles), batch):
+                ids = range(lo, min(len(tiles), lo + batch))
+                x = torch.stack([tiles.tile(i) for i in ids]).to(device)
+                plant = torch.stack([tiles.plant_mask(i) for i in ids]).to(device)
+                mask = torch.stack([tile_mask(self.seed, "val", i, grid[0] * grid[1], self.mask_ratio)
+                                    for i in ids]).to(device)
+                with autocast():
+                    pred = model(x, mask)
+                for k, v in self.objective.sums(pred.float(), x, mask, plant).items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
+        model.train(was_training)
+        n = max(totals["pixels"], 1.0)
+        return {"heldout_loss": totals["loss"] / n, "heldout_ref_zero": totals["ref_zero"] / n,
+                "heldout_ref_visible_mean": totals["ref_visible_mean"] / n, "heldout_pixels": totals["pixels"]}
+
+
+def beats_references(record: dict) -> float | None:
+    """Held-out loss over the best trivial reference (below 0.5: at most half of it), or None."""
+    if "heldout_loss" not in record:
+        return None
+    best = min(record["heldout_ref_zero"], record["heldout_ref_visible_mean"])
+    return record["heldout_loss"] / best if best > 0 else None
