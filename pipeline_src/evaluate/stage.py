@@ -180,7 +180,7 @@ def make_scorecard(cfg: Config, eval_root: str, train_root: str, out_dir: str, r
                 curves[f"{name} training"] = [(h["step"], h["loss"]) for h in history]
         if curves:
             plots.loss_curves(curves, plot_dir / "mae_loss.png",
-                              "MAE masked plant-pixel loss (held-out tiles) and trivial references", "masked MSE")
+                              "MAE held-out loss and trivial references", "masked plant-pixel MSE")
         plot_dir.mkdir(parents=True, exist_ok=True)
         run.set_tags({"metric_conventions": CONVENTIONS})
         _log_rows(run, [{**d, "metric": f"{d['metric']}.{d['variant']}"} for d in diffs])
