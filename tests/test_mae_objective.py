@@ -122,8 +122,16 @@ def _tile_store(path, tiles: torch.Tensor, plants: torch.Tensor):
 
 
 @pytest.mark.timeout(120)
-def test_training_logs_references_and_a_heldout_curve(tmp_path):
+def test_training_logs_references_and_a_heldout_curve(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    from pipeline_src.parallel.spawn import free_port
     from pipeline_src.train.loop import TrainJob, TrainSettings, run_training
+
+    # one process in this pytest process: a free port, and no process group or MASTER_* left
+    # behind (later tests launch ranks that would inherit them)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
 
     data = SyntheticSpectralTiles(bands=8, image=(16, 16), seed=5)
     for split, first in (("train", 0), ("val", 100)):
@@ -139,7 +147,11 @@ def test_training_logs_references_and_a_heldout_curve(tmp_path):
     out = tmp_path / "run"
     job = TrainJob("m", "mae", model, TrainSettings(steps=5, micro_batch=2, log_every=5, checkpoint_every=0),
                    out, out / "final", out / "summary.json", job_data, plot_path=out / "loss.png")
-    summary = run_training(job)
+    try:
+        summary = run_training(job)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     history = summary["history"]
     assert all(h["ref_zero"] > 0 and h["ref_visible_mean"] > 0 for h in history)
     assert [h["step"] for h in history if "heldout_loss" in h] == [2, 4, 5]
