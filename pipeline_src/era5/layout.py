@@ -26,12 +26,6 @@ DROP = ("number", "expver", "step", "surface", "heightAboveGround")
 NETCDF_MAGIC = (b"\x89HDF\r\n\x1a\n", b"CDF\x01", b"CDF\x02", b"CDF\x05")
 
 
-def expected_times(period: str, hours: list[int], years: dict | None = None) -> pd.DatetimeIndex:
-    """The time steps a file of `period` must hold: the days of that year in some split of
-    `years` (era5.years; every day of the year when None) at `hours` (UTC)."""
-    return period_times(period, hours, years)
-
-
 def _open(path: Path, time_chunk: int | None) -> xr.Dataset:
     if not path.exists():
         raise InputError(path, "file not found")
@@ -74,7 +68,7 @@ def open_raw(paths, group: str, need: dict, grid_deg: float, hours: list[int], p
     paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     if not paths:
         raise InputError(None, f"no {group} file given for {period}")
-    want = None if group == "static" else expected_times(period, hours, years)
+    want = None if group == "static" else period_times(period, hours, years)
     opened: list[xr.Dataset] = []
     try:
         pieces = []

@@ -16,8 +16,8 @@ import xarray as xr
 
 from ..io import InputError, atomic_path
 from .channels import ARCO_STATIC_NAMES, CDS_DATASETS, GROUP_VARS
-from .layout import NETCDF_MAGIC, canonicalise, expected_times
-from .periods import first_day
+from .layout import NETCDF_MAGIC, canonicalise
+from .periods import first_day, period_times
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def cds_requests(group: str, period: str, need: dict, cfg_era5: dict) -> list[tu
         return [("static", {**base, "year": [str(first.year)], "month": [f"{first.month:02d}"],
                             "day": [f"{first.day:02d}"], "time": ["00:00"]})]
     hours = [f"{h:02d}:00" for h in cfg_era5["hours"]]
-    days = expected_times(period, [0], cfg_era5["years"])
+    days = period_times(period, [0], cfg_era5["years"])
     out = []
     for month in sorted(set(days.month)):
         in_month = days[days.month == month]
@@ -155,7 +155,7 @@ def fetch_zarr(out: Path, group: str, period: str, need: dict, cfg_era5: dict,
         if "time" in ds.dims:
             ds = ds.isel(time=[0])
     else:
-        want = expected_times(period, cfg_era5["hours"], cfg_era5["years"])
+        want = period_times(period, cfg_era5["hours"], cfg_era5["years"])
         have = ds.indexes["time"]
         lost = want.difference(have)
         if len(lost):

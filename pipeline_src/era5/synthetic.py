@@ -24,8 +24,7 @@ import pandas as pd
 
 from .channels import G, GROUP_VARS
 from .grids import cds_grid
-from .layout import expected_times
-from .periods import first_day
+from .periods import first_day, period_times
 from .netcdf import write_era5_netcdf
 
 EPOCH = pd.Timestamp("1940-01-01")
@@ -191,7 +190,7 @@ def write_synthetic(path, group: str, period: str, need: dict, cfg_era5: dict) -
         chunks = [(slice(0, 1), {v: gen.static[v][None].astype(np.float32) for v in variables})]
         levels = None
     else:
-        times = expected_times(period, cfg_era5["hours"], cfg_era5["years"])
+        times = period_times(period, cfg_era5["hours"], cfg_era5["years"])
         # the CDS lists pressure levels in descending hPa
         levels = need["levels"][::-1] if group == "pressure" else None
 

@@ -20,7 +20,7 @@ from ..io import InputError, atomic_path, read_json, write_json
 from .bands import bin_bands, resample, trim
 from .calibrate import check_white, reference_spectrum, reflectance
 from .mask import ndvi, plant_mask
-from .readers import Cube, open_cube
+from .readers import HDF5_SUFFIXES, Cube, open_cube
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def _check_pair(cube: Cube, ref: Cube, role: str) -> None:
 def _open_reference(path, raw: Path, role: str, datasets: dict) -> Cube:
     """A white or dark reference: its own file, or a dataset beside the scene in the scene's HDF5 file."""
     shared = Path(path).resolve() == Path(raw).resolve()
-    if shared and Path(path).suffix.lower() not in (".h5", ".hdf5", ".he5", ".nc"):
+    if shared and Path(path).suffix.lower() not in HDF5_SUFFIXES:
         raise InputError(path, f"the {role} reference is the scene's own file; give the {role} reference's file")
     if shared and datasets.get(role) is not None and datasets.get(role) == datasets.get("raw"):
         raise InputError(path, f"the {role} reference dataset is the scene's ({datasets[role]!r})")

@@ -45,26 +45,28 @@ class MaeObjective:
         weight = inside * mask.to(target.dtype)[:, :, None]
         return target, weight, inside
 
-    def _normalise(self, values: torch.Tensor, target: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-        """values (B, L, C, P) in the target's per-patch normalisation (identity without norm_pix)."""
-        if not self.norm_pix:
-            return values
+    def _patch_stats(self, target: torch.Tensor, inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each patch's mean and deviation (sqrt(var + eps)) over its scored pixels and every band, (B, L, 1, 1)."""
         n = (inside.sum(-1) * target.shape[2]).clamp_min(1.0)[:, :, None, None]  # values per patch
         w = inside[:, :, None, :]
         mean = (target * w).sum(dim=(2, 3), keepdim=True) / n
         var = (((target - mean) ** 2) * w).sum(dim=(2, 3), keepdim=True) / n
-        return (values - mean) / (var + self.eps).sqrt()
+        return mean, (var + self.eps).sqrt()
+
+    def _normalise(self, values: torch.Tensor, target: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        """values (B, L, C, P) in the target's per-patch normalisation (identity without norm_pix)."""
+        if not self.norm_pix:
+            return values
+        mean, scale = self._patch_stats(target, inside)
+        return (values - mean) / scale
 
     def to_data_units(self, pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
                       plant: torch.Tensor | None = None) -> torch.Tensor:
         """A norm_pix model's (B, L, C*P) output back in the tiles' units, with each true patch's
         plant-pixel mean and deviation (oracle statistics: for reconstructions and metrics)."""
         target, _, inside = self._layout(x, mask, plant)
-        n = (inside.sum(-1) * target.shape[2]).clamp_min(1.0)[:, :, None, None]
-        w = inside[:, :, None, :]
-        mean = (target * w).sum(dim=(2, 3), keepdim=True) / n
-        var = (((target - mean) ** 2) * w).sum(dim=(2, 3), keepdim=True) / n
-        return (pred.reshape(target.shape) * (var + self.eps).sqrt() + mean).reshape(pred.shape)
+        mean, scale = self._patch_stats(target, inside)
+        return (pred.reshape(target.shape) * scale + mean).reshape(pred.shape)
 
     @staticmethod
     def _sum(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
