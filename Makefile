@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv pipeline test test-fast bench bench-frontend bench-loader bench-hyperspectral dryrun-slurm clean
+.PHONY: venv pipeline test test-fast bench bench-frontend bench-loader bench-mae bench-hyperspectral dryrun-slurm clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,9 @@ bench-frontend: $(STAMP)
 
 bench-loader: $(STAMP)
 	$(VENV)/bin/python -m pipeline_src.cli bench loader $(ARGS)
+
+bench-mae: $(STAMP)
+	$(VENV)/bin/python -m pipeline_src.cli bench mae $(ARGS)
 
 dryrun-slurm: $(STAMP)
 	$(VENV)/bin/snakemake --profile profiles/slurm -n

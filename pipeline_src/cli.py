@@ -438,10 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_parser("hyperspectral", help="hyperspectral preprocessing cubes/s and MB/s per format")
     b.add_parser("frontend", help="peak memory per rank and samples/s: tp-baseline vs dchag-L vs dchag-C")
     b.add_parser("loader", help="training input pipeline samples/s per rank vs training's consumption")
+    b.add_parser("mae", help="D-CHAG and TP-only MAEs over seeds: held-out loss, references, gap")
     return p
 
 
-FORWARDED_BENCHES = ("frontend", "hyperspectral", "loader")
+FORWARDED_BENCHES = ("frontend", "hyperspectral", "loader", "mae")
 
 
 def main(argv: list[str] | None = None) -> int:

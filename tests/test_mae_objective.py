@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline_src.datasets.spectral import SyntheticSpectralTiles, mae_batch, sampling_weights
+from pipeline_src.datasets.spectral import (Augment, SyntheticSpectralTiles, mae_batch, plant_covariance_root,
+                                           sampling_weights)
+from pipeline_src.model.arch import random_mask
 from pipeline_src.model.build import ModelSpec, build_model
 from pipeline_src.train.losses import mae_targets
 from pipeline_src.model.mae_objective import MaeObjective
@@ -88,6 +90,50 @@ def test_plant_weighted_sampling_never_draws_bare_tiles():
         sampling_weights(torch.zeros(3), "plant")
 
 
+def test_flips_move_the_tile_and_its_plant_pixels_together():
+    x = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(2, 4, 4)
+    plant = x[0] > 7
+    aug = Augment(flips=True)
+    seen = set()
+    for sym in range(8):
+        y, p = aug.apply(x, plant, sym, torch.zeros(2), None)
+        assert torch.equal(p, y[0] > 7)  # the mask follows the pixels
+        assert sorted(y.flatten().tolist()) == sorted(x.flatten().tolist())
+        seen.add(tuple(y[0].flatten().tolist()))
+    assert len(seen) == 8  # the 8 symmetries of a square are all different
+    wide = torch.arange(2 * 4 * 8, dtype=torch.float32).reshape(2, 4, 8)
+    shapes = {aug.apply(wide, None, sym, torch.zeros(2), None)[0].shape for sym in range(8)}
+    assert shapes == {(2, 4, 8)}  # a non-square tile is only flipped
+
+
+def test_spectral_shift_adds_one_spectrum_to_the_plant_pixels_only():
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randn(500, 3, generator=g) @ torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.2], [0.0, 0.0, 0.3]])
+    tile = pixels.T.reshape(3, 20, 25)
+    root = plant_covariance_root(lambda i: tile, lambda i: torch.ones(20, 25, dtype=torch.bool), 1)
+    torch.testing.assert_close(root @ root.T, torch.cov(pixels.T), rtol=1e-4, atol=1e-5)
+    plant = torch.zeros(20, 25, dtype=torch.bool)
+    plant[5:9, 3:7] = True
+    z = torch.tensor([1.0, -2.0, 0.5])
+    y, p = Augment(shift=0.5).apply(tile, plant, 0, z, root)
+    diff = y - tile
+    torch.testing.assert_close(diff[:, plant], (0.5 * root @ z)[:, None].expand(3, 16))
+    assert torch.equal(diff[:, ~plant], torch.zeros(3, int((~plant).sum())))
+    assert torch.equal(p, plant)
+
+
+def test_augmented_batches_are_the_same_on_every_rank_and_on_resume():
+    tiles = SyntheticSpectralTiles(bands=4, image=(8, 8), seed=0)
+    aug = Augment(flips=True, shift=0.3)
+    whole = tiles.batch(0, 5, 1, 4, slice(0, 4), 0.5, 4, augment=aug)
+    halves = [tiles.batch(0, 5, 1, 4, rows, 0.5, 4, augment=aug) for rows in (slice(0, 2), slice(2, 4))]
+    assert torch.equal(torch.cat([h.x for h in halves]), whole.x)
+    assert torch.equal(torch.cat([h.plant for h in halves]), whole.plant)
+    plain = tiles.batch(0, 5, 1, 4, slice(0, 4), 0.5, 4)
+    assert torch.equal(plain.mask, whole.mask) and not torch.equal(plain.x, whole.x)
+    assert torch.equal(tiles.batch(0, 5, 1, 4, slice(0, 4), 0.5, 4, augment=aug).x, whole.x)
+
+
 @pytest.mark.timeout(120)
 def test_short_training_learns_plant_spectra():
     """On one fixed batch of synthetic tiles, 150 Adam steps of a tiny MAE bring the masked
@@ -109,6 +155,42 @@ def test_short_training_learns_plant_spectra():
         opt.step()
     final = obj.loss(model(batch.x, batch.mask), batch.x, batch.mask, batch.plant).item()
     assert final < 0.1 * zero, (final, zero)
+
+
+def _copy_batch(g: torch.Generator, n: int, bands: int):
+    """Tiles whose plant pixels (a random disc) all hold one random spectrum, new every call."""
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    centre = 4 + 8 * torch.rand(n, 2, generator=g)
+    plant = (yy - centre[:, :1, None]) ** 2 + (xx - centre[:, 1:, None]) ** 2 < 25.0
+    spectra = torch.randn(n, bands, 1, 1, generator=g)
+    x = torch.where(plant[:, None], spectra + 0.05 * torch.randn(n, bands, 16, 16, generator=g), 0.0)
+    return x, plant, random_mask(n, 16, 0.75, g)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("arch", ["tp-baseline", "dchag-L"])
+def test_the_mae_learns_to_copy_spectra_from_the_visible_patches(arch):
+    """Every batch is new and its spectra random: only reading the visible patches lowers the loss
+    below the zero reference. Over the last 50 of 200 steps this reaches 0.42 of it; without the
+    LayerNorm after the front end (content then 1e-3 of the position codes) it stayed at 0.60."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    spec = ModelSpec(arch=arch, task="mae", channels=4, image=(16, 16), patch=4, dim=32, depth=2,
+                     heads=2, agg_heads=2, mlp_ratio=2.0, partitions=2)
+    model = build_model(spec, seed=0)
+    obj = MaeObjective(4)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses, zeros = [], []
+    for _ in range(200):
+        x, plant, mask = _copy_batch(g, 16, 4)
+        loss = obj.loss(model(x, mask), x, mask, plant)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        zeros.append(obj.references(x, mask, plant)["ref_zero"].item())
+    ratio = sum(losses[-50:]) / sum(zeros[-50:])
+    assert ratio < 0.5, ratio
 
 
 def _tile_store(path, tiles: torch.Tensor, plants: torch.Tensor):

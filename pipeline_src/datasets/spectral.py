@@ -8,6 +8,7 @@ samples and data-parallel ranks disjoint ones.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,73 @@ from ..io import InputError
 from . import Batch, step_generator
 
 
+@dataclass(frozen=True)
+class Augment:
+    """Random changes to training tiles, drawn per tile: a flip or rotation (the 8 symmetries of a
+    square tile, the 4 flips of another), and a spectral shift of its plant pixels.
+
+    The shift adds one random spectrum to every plant pixel of the tile: `shift` times a draw
+    from the training plant pixels' band covariance (normalised units). A small training set
+    holds few leaves, whose spectra a model can memorise instead of reading them from the
+    visible patches; shifted leaves cannot be memorised, only copied.
+    """
+
+    flips: bool = False
+    shift: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> "Augment":
+        """From the mae.augment config section ({} or None: no augmentation)."""
+        cfg = cfg or {}
+        return cls(bool(cfg.get("flips", False)), float(cfg.get("shift", 0.0)))
+
+    def __bool__(self) -> bool:
+        return self.flips or self.shift > 0
+
+    def draw(self, n: int, bands: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-tile symmetry ids (n,) and standard normal shift coefficients (n, bands)."""
+        return torch.randint(0, 8, (n,), generator=g), torch.randn(n, bands, generator=g)
+
+    def apply(self, x: torch.Tensor, plant: torch.Tensor | None, sym: int, z: torch.Tensor,
+              covariance_root: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One tile (bands, H, W) and its plant pixels (H, W) after symmetry `sym` and the shift
+        shift * covariance_root @ z on its plant pixels."""
+        if self.shift > 0:
+            if covariance_root is None or plant is None:
+                raise ValueError("a spectral shift needs the plant masks and band covariance of the tiles")
+            x = torch.where(plant[None], x + (self.shift * covariance_root @ z)[:, None, None], x)
+        if self.flips:
+            x, plant = _symmetry(x, sym), (_symmetry(plant, sym) if plant is not None else None)
+        return x, plant
+
+
+def plant_covariance_root(tile, plant, n_tiles: int) -> torch.Tensor:
+    """A square root L (bands, bands), L @ L.T = band covariance of the plant pixels of tiles 0..n-1."""
+    pixels = torch.cat([tile(i)[:, plant(i)].T.double() for i in range(n_tiles)])
+    if len(pixels) < 2:
+        raise ValueError("a spectral shift needs plant pixels in the training tiles")
+    cov = torch.cov(pixels.T)
+    values, vectors = torch.linalg.eigh(cov)
+    return (vectors * values.clamp_min(0).sqrt()).float()
+
+
+def _symmetry(a: torch.Tensor, sym: int) -> torch.Tensor:
+    """Symmetry `sym` (0-7) on the last two axes: of a square, sym // 2 quarter turns then a
+    horizontal flip when odd; of a non-square, flips only (bit 0 horizontal, bit 1 vertical)."""
+    if a.shape[-1] == a.shape[-2]:
+        a = torch.rot90(a, sym // 2, dims=(-2, -1))
+        return a.flip(-1) if sym % 2 else a
+    flips = [dim for dim, bit in ((-1, 1), (-2, 2)) if sym & bit]
+    return a.flip(flips) if flips else a
+
+
 def mae_batch(tile, n_tiles: int, image: tuple[int, int], seed: int, step: int, micro: int,
               global_batch: int, rows: slice, mask_ratio: float, patch: int, plant=None,
-              weights: torch.Tensor | None = None) -> Batch:
+              weights: torch.Tensor | None = None, augment: Augment | None = None,
+              covariance_root: torch.Tensor | None = None) -> Batch:
     """This rank's rows of a global MAE micro-batch: tiles tile(i) for drawn ids (uniformly, or
-    in proportion to `weights`), with the shared patch mask and, given `plant`, the plant pixels."""
+    in proportion to `weights`), with the shared patch mask, given `plant` the plant pixels, and
+    given `augment` each tile changed as drawn (the same draws on every rank)."""
     from ..model.arch import random_mask
 
     g = step_generator(seed, step, micro)
@@ -32,9 +95,14 @@ def mae_batch(tile, n_tiles: int, image: tuple[int, int], seed: int, step: int, 
     num_patches = (image[0] // patch) * (image[1] // patch)
     mask = random_mask(global_batch, num_patches, mask_ratio, g)
     mine = [int(i) for i in ids[rows]]
-    x = torch.stack([tile(i) for i in mine])
-    plants = torch.stack([plant(i) for i in mine]) if plant is not None else None
-    return Batch(x, mask=mask[rows], plant=plants)
+    xs = [tile(i) for i in mine]
+    ps = [plant(i) for i in mine] if plant is not None else [None] * len(mine)
+    if augment:
+        sym, z = (v[rows] for v in augment.draw(global_batch, xs[0].shape[0], g))
+        pairs = [augment.apply(x, p, int(s), zi, covariance_root) for x, p, s, zi in zip(xs, ps, sym, z)]
+        xs, ps = [p[0] for p in pairs], [p[1] for p in pairs]
+    plants = torch.stack(ps) if plant is not None else None
+    return Batch(torch.stack(xs), mask=mask[rows], plant=plants)
 
 
 SPLIT_SALT = {"val": 11, "test": 13}
@@ -80,6 +148,7 @@ class SpectralTiles:
         fractions = (np.asarray(self.masks[:], dtype=np.float64).mean(axis=(1, 2)) if self.masks is not None
                      else np.ones(len(self)))
         self.plant_fraction = torch.from_numpy(fractions)
+        self._covariance_root = None
 
     def __len__(self) -> int:
         return int(self.tiles.shape[0])
@@ -95,11 +164,18 @@ class SpectralTiles:
         return torch.from_numpy(np.asarray(self.masks[index]).astype(bool))
 
     def batch(self, seed: int, step: int, micro: int, global_batch: int, rows: slice,
-              mask_ratio: float, patch: int, sampling: str = "uniform") -> Batch:
+              mask_ratio: float, patch: int, sampling: str = "uniform", augment: Augment | None = None) -> Batch:
         """This rank's rows of the global micro-batch, with the (shared) MAE mask and the plant pixels."""
+        root = self.covariance_root() if augment and augment.shift > 0 else None
         return mae_batch(self.tile, self.tiles.shape[0], self.image, seed, step, micro, global_batch,
                          rows, mask_ratio, patch, self.plant_mask if self.masks is not None else None,
-                         sampling_weights(self.plant_fraction, sampling))
+                         sampling_weights(self.plant_fraction, sampling), augment, root)
+
+    def covariance_root(self) -> torch.Tensor:
+        """The band covariance root of this store's plant pixels (computed once; see Augment)."""
+        if self._covariance_root is None:
+            self._covariance_root = plant_covariance_root(self.tile, self.plant_mask, len(self))
+        return self._covariance_root
 
 
 class SyntheticSpectralTiles:
@@ -120,6 +196,7 @@ class SyntheticSpectralTiles:
         soil = 0.08 + 0.22 * (wl - 400.0) / 500.0
         pot = torch.full_like(wl, 0.12)
         self.spectra = torch.stack([leaf, leaf_dry, soil, pot]).float()  # (4, bands)
+        self._covariance = None
         self.mean = torch.zeros(bands, 1, 1)
         self.std = torch.ones(bands, 1, 1)
         sample = torch.stack([self.tile(2**40 + i) for i in range(16)])  # ids never drawn
@@ -146,7 +223,16 @@ class SyntheticSpectralTiles:
         return weights[:2].sum(0) > 0.5
 
     def batch(self, seed: int, step: int, micro: int, global_batch: int, rows: slice,
-              mask_ratio: float, patch: int, sampling: str = "uniform") -> Batch:
+              mask_ratio: float, patch: int, sampling: str = "uniform", augment: Augment | None = None) -> Batch:
         """This rank's rows of the global micro-batch, with the (shared) MAE mask and the plant pixels."""
         return mae_batch(self.tile, 2**31 - 1, self.image, seed, step, micro, global_batch,
-                         rows, mask_ratio, patch, self.plant_mask)
+                         rows, mask_ratio, patch, self.plant_mask, augment=augment,
+                         covariance_root=self._root(augment))
+
+    def _root(self, augment: Augment | None) -> torch.Tensor | None:
+        """The band covariance root of tiles 0-63 (computed once), when a spectral shift needs it."""
+        if not (augment and augment.shift > 0):
+            return None
+        if self._covariance is None:
+            self._covariance = plant_covariance_root(self.tile, self.plant_mask, 64)
+        return self._covariance

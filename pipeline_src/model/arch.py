@@ -1,6 +1,10 @@
 """The two top-level models: a lead-time forecaster and a masked autoencoder.
 
-Both are front end (baseline or D-CHAG) -> position embedding -> ViT backbone -> head.
+Both are front end (baseline or D-CHAG) -> LayerNorm -> position embedding -> ViT backbone -> head.
+
+The front end's aggregated tokens are averages over many channel tokens, far smaller than
+the unit-scale position codes (about 1e-3 of them at initialisation, measured on the
+hyperspectral tiles): without the LayerNorm the backbone starts out seeing only positions.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ class Forecaster(nn.Module):
                  mlp_ratio: float, outputs: int, patch: int, lead_scale_days: float = 30.0):
         super().__init__()
         self.front = front
+        self.front_norm = nn.LayerNorm(dim)
         self.grid = grid
         self.pos_embed = nn.Parameter(torch.empty(1, grid[0] * grid[1], dim))
         self.lead_embed = nn.Linear(1, dim)
@@ -31,7 +36,7 @@ class Forecaster(nn.Module):
         tensor.copy_(sincos_2d(tensor.shape[-1], self.grid)[None])
 
     def forward(self, x: torch.Tensor, lead_days: torch.Tensor) -> torch.Tensor:
-        tokens = self.front(x) + self.pos_embed
+        tokens = self.front_norm(self.front(x)) + self.pos_embed
         lead = self.lead_embed((lead_days.to(tokens.dtype) / self.lead_scale_days)[:, None])
         tokens = tokens + lead[:, None, :]
         return self.head(self.backbone(tokens))
@@ -47,6 +52,7 @@ class MaskedAutoencoder(nn.Module):
                  mlp_ratio: float, channels: int, patch: int, decoder_depth: int):
         super().__init__()
         self.front = front
+        self.front_norm = nn.LayerNorm(dim)
         self.grid = grid
         self.pos_embed = nn.Parameter(torch.empty(1, grid[0] * grid[1], dim))
         self.backbone = Backbone(dim, depth, heads, mlp_ratio)
@@ -58,7 +64,7 @@ class MaskedAutoencoder(nn.Module):
         tensor.copy_(sincos_2d(tensor.shape[-1], self.grid)[None])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        tokens = self.front(x) + self.pos_embed
+        tokens = self.front_norm(self.front(x)) + self.pos_embed
         b, _, dim = tokens.shape
         visible = tokens[~mask].reshape(b, -1, dim)
         return self.decoder(self.backbone(visible), mask)

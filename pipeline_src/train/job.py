@@ -42,7 +42,8 @@ def job_from_config(cfg: Config, variant: str, out_dir: str | Path, assembled: s
         m = cfg.data["mae"]
         data = {"source": m["source"], "bands": m["bands"], "image": list(m["image"]),
                 "mask_ratio": m["mask_ratio"], "seed": m["seed"], "loss": m["loss"], "norm_pix": m["norm_pix"],
-                "sampling": m["sampling"], "heldout_every": m["heldout_every"]}
+                "sampling": m["sampling"], "heldout_every": m["heldout_every"],
+                "augment": dict(m["augment"])}
         if m["source"] == "hyperspectral":
             if tiles is None:
                 raise ValueError("an MAE variant on hyperspectral tiles needs the tiles directory")

@@ -30,7 +30,7 @@ from ..parallel.walltime import job_end_time
 from ..parallel.plans import data_parallel_rank
 from ..datasets.era5 import ERA5Forecast
 from ..datasets.loader import step_loader
-from ..datasets.spectral import SpectralTiles, SyntheticSpectralTiles
+from ..datasets.spectral import Augment, SpectralTiles, SyntheticSpectralTiles
 from .engine import build_engine
 from .losses import forecast_loss, latitude_weights
 from .mae import MaeTraining, beats_references
@@ -184,6 +184,7 @@ class _Fetch:
         self.data, self.task, self.seed, self.global_batch, self.rows = data, job.task, seed, global_batch, rows
         self.mask_ratio, self.patch = job.data.get("mask_ratio"), spec.patch
         self.sampling = job.data.get("sampling", "uniform")
+        self.augment = Augment.from_config(job.data.get("augment"))
         front = getattr(model, "front", None)
         span = front.input_span() if hasattr(front, "input_span") else None
         self.channels = slice(*span) if span is not None and span != (0, spec.channels) else None
@@ -192,7 +193,7 @@ class _Fetch:
         if self.task == "forecast":
             return self.data.batch(self.seed, step, micro, self.global_batch, self.rows, self.channels)
         return self.data.batch(self.seed, step, micro, self.global_batch, self.rows, self.mask_ratio, self.patch,
-                               self.sampling)
+                               self.sampling, self.augment)
 
 
 def _sync(pending: list, stop: _StopFlag, device) -> tuple[list[list[float]], list[float], bool]:
@@ -262,6 +263,10 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
                                                        if k != "channel_names"},
               **{f"train.{k}": v for k, v in vars(s).items()}, "world_size": env.world_size,
               "launcher": env.launcher, "device": device.type, "parameters": total_params}
+    if mae is not None:  # the objective and data choices of the MAE
+        augment = Augment.from_config(job.data.get("augment"))
+        params.update({f"mae.{k}": job.data.get(k) for k in ("mask_ratio", "loss", "norm_pix", "sampling")},
+                      **{"mae.augment.flips": augment.flips, "mae.augment.shift": augment.shift})
     end = job_end_time() if is_main() else None
     deadline = end - s.walltime_margin_s if end is not None else None
     if deadline is not None:

@@ -30,6 +30,7 @@ TINY = {
     "model": {"dim": 32, "depth": 1, "heads": 2, "agg_heads": 2, "mlp_ratio": 2},
     "train": {"steps": 6, "micro_batch": 2, "checkpoint_every": 3, "log_every": 2, "warmup_steps": 2},
     "forecast": {"targets": ["z_500", "t2m"], "lead_days": [1, 2]},
+    "mae": {"augment": {"flips": True, "shift": 0.5}},
     "hyperspectral": {"synthetic": {"images": 3, "lines": 32, "samples": 48, "bands": 100},
                       "bands": {"expected": 100, "bin": 4}, "tiles": {"size": [16, 16]}},
     "report": {"channels": [8, 16], "dim": 16, "heads": 2, "image": [16, 32], "steps": 1, "tree": [2]},
@@ -135,6 +136,9 @@ def test_training_outputs_and_tracking(workflow_run):
                 "peak_memory_mb_rank1"} <= set(run.data.metrics)
         assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {"summary.json", "loss.png"}
     assert train_runs["forecast-dchag-L"].data.params["model.partitions"] == "2"
+    mae_params = train_runs["mae-dchag-L"].data.params
+    assert (mae_params["mae.loss"], mae_params["mae.augment.flips"], mae_params["mae.augment.shift"]) == \
+        ("plant", "True", "0.5")
     assert not list(wd.rglob(".*.partial"))
 
 
