@@ -83,13 +83,12 @@ def report(rows: list[dict]) -> str:
                      f"{r['ref_visible_mean']:>8.4f} {r['ratio']:>10.3f}")
     base = {r["seed"]: r for r in rows if r["arch"] == "tp-baseline"}
     for variant in dict.fromkeys(r["variant"] for r in rows if r["arch"] != "tp-baseline"):
-        gaps = [r["heldout"] - base[r["seed"]]["heldout"] for r in rows
-                if r["variant"] == variant and r["seed"] in base]
-        if not gaps:
+        pairs = [(r, base[r["seed"]]) for r in rows if r["variant"] == variant and r["seed"] in base]
+        if not pairs:
             continue
+        gaps = [r["heldout"] - b["heldout"] for r, b in pairs]
+        rel = [g / b["heldout"] for g, (_, b) in zip(gaps, pairs)]
         spread = statistics.stdev(gaps) if len(gaps) > 1 else float("nan")
-        rel = [g / base[r["seed"]]["heldout"] for g, r in
-               zip(gaps, [r for r in rows if r["variant"] == variant and r["seed"] in base])]
         lines.append(f"{variant} minus TP-only over {len(gaps)} seed(s): mean {statistics.mean(gaps):+.4f}, "
                      f"standard deviation {spread:.4f}, range {min(gaps):+.4f} to {max(gaps):+.4f} "
                      f"({100 * statistics.mean(rel):+.1f}% of TP-only's loss)")

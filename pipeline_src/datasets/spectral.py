@@ -196,7 +196,7 @@ class SyntheticSpectralTiles:
         soil = 0.08 + 0.22 * (wl - 400.0) / 500.0
         pot = torch.full_like(wl, 0.12)
         self.spectra = torch.stack([leaf, leaf_dry, soil, pot]).float()  # (4, bands)
-        self._covariance = None
+        self._covariance_root = None
         self.mean = torch.zeros(bands, 1, 1)
         self.std = torch.ones(bands, 1, 1)
         sample = torch.stack([self.tile(2**40 + i) for i in range(16)])  # ids never drawn
@@ -225,14 +225,12 @@ class SyntheticSpectralTiles:
     def batch(self, seed: int, step: int, micro: int, global_batch: int, rows: slice,
               mask_ratio: float, patch: int, sampling: str = "uniform", augment: Augment | None = None) -> Batch:
         """This rank's rows of the global micro-batch, with the (shared) MAE mask and the plant pixels."""
+        root = self.covariance_root() if augment and augment.shift > 0 else None
         return mae_batch(self.tile, 2**31 - 1, self.image, seed, step, micro, global_batch,
-                         rows, mask_ratio, patch, self.plant_mask, augment=augment,
-                         covariance_root=self._root(augment))
+                         rows, mask_ratio, patch, self.plant_mask, augment=augment, covariance_root=root)
 
-    def _root(self, augment: Augment | None) -> torch.Tensor | None:
-        """The band covariance root of tiles 0-63 (computed once), when a spectral shift needs it."""
-        if not (augment and augment.shift > 0):
-            return None
-        if self._covariance is None:
-            self._covariance = plant_covariance_root(self.tile, self.plant_mask, 64)
-        return self._covariance
+    def covariance_root(self) -> torch.Tensor:
+        """The band covariance root of the plant pixels of tiles 0-63 (computed once; see Augment)."""
+        if self._covariance_root is None:
+            self._covariance_root = plant_covariance_root(self.tile, self.plant_mask, 64)
+        return self._covariance_root
