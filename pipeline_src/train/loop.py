@@ -121,7 +121,8 @@ def model_spec(job: TrainJob, data, tp: int) -> ModelSpec:
     if job.task == "forecast":
         return ModelSpec(channels=len(data.channels), image=data.image, outputs=len(data.targets),
                          channel_names=tuple(data.channels), **common)
-    return ModelSpec(channels=data.bands, image=data.image, **common)
+    return ModelSpec(channels=data.bands, image=data.image,
+                     decoder_slopes=tuple(float(v) for v in m.get("decoder_slopes", ())), **common)
 
 
 def run_fingerprint(spec: ModelSpec, s: TrainSettings, data: dict) -> str:
