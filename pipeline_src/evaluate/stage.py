@@ -174,7 +174,8 @@ def make_scorecard(cfg: Config, eval_root: str, train_root: str, out_dir: str, r
             scored = [h for h in history if "heldout_loss" in h]
             if scored:  # held-out curves, with the references of the first variant (same tiles and masks)
                 curves[f"{name} held-out"] = [(h["step"], h["heldout_loss"]) for h in scored]
-                for ref, label in (("heldout_ref_zero", "predict zero"), ("heldout_ref_visible_mean", "predict visible mean")):
+                for ref, label in (("heldout_ref_zero", "predict zero"), ("heldout_ref_visible_mean", "predict visible mean"),
+                                   ("heldout_ref_local_mean", "predict local mean")):
                     curves.setdefault(label, [(h["step"], h[ref]) for h in scored])
             else:
                 curves[f"{name} training"] = [(h["step"], h["loss"]) for h in history]

@@ -113,9 +113,11 @@ def test_mae_reference_images_closed_forms():
     x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
     masked = torch.tensor([[[True, False], [False, False]]] * 2)
     plants = torch.tensor([[[True, True], [False, True]], [[True, False], [False, False]]])
-    refs = dict(reference_images(x, masked, plants))
+    refs = dict(reference_images(x, masked, plants, patch=1))
     assert torch.equal(refs["ref_zero"], torch.zeros_like(x))
     # tile 0: visible plant pixels (0, 1) and (1, 1); tile 1: none, so zero
     want0 = (x[0, :, 0, 1] + x[0, :, 1, 1]) / 2
     torch.testing.assert_close(refs["ref_visible_mean"][0, :, 1, 0], want0)
     assert float(refs["ref_visible_mean"][1].abs().sum()) == 0.0
+    # within 2 patches of 1 pixel every pixel of a 2 x 2 tile is near: the local mean is the visible mean here
+    torch.testing.assert_close(refs["ref_local_mean"], refs["ref_visible_mean"])
