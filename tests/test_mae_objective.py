@@ -37,6 +37,8 @@ def test_references_equal_their_closed_forms():
     # visible plant pixels: 7, all (1, 3); their mean spectrum predicted for every masked plant pixel
     visible = (7 * ((2 - 1) ** 2 + (-2 - 3) ** 2) / 2 + ((6 - 1) ** 2 + (0 - 3) ** 2) / 2) / 8
     assert refs["ref_visible_mean"].item() == pytest.approx(visible)
+    # every visible plant pixel is within 2 patches (8 pixels) of every masked one: local = visible mean here
+    assert refs["ref_local_mean"].item() == pytest.approx(visible)
     perfect = mae_targets(x, 4)
     assert obj.loss(perfect, x, mask, plant).item() == 0.0
     off = perfect.clone()
@@ -59,7 +61,8 @@ def test_a_batch_without_plant_pixels_scores_zero_and_still_backpropagates():
     none = torch.zeros(1, 4, 8, dtype=torch.bool)
     obj = MaeObjective(4)
     loss = obj.loss(pred, x, mask, none)
-    assert loss.item() == 0.0 and obj.references(x, mask, none) == {"ref_zero": 0.0, "ref_visible_mean": 0.0}
+    assert loss.item() == 0.0 and obj.references(x, mask, none) == {"ref_zero": 0.0, "ref_visible_mean": 0.0,
+                                                                  "ref_local_mean": 0.0}
     loss.backward()
     assert pred.grad is not None and float(pred.grad.abs().sum()) == 0.0
 
@@ -235,9 +238,71 @@ def test_training_logs_references_and_a_heldout_curve(tmp_path, monkeypatch):
         if dist.is_initialized():
             dist.destroy_process_group()
     history = summary["history"]
-    assert all(h["ref_zero"] > 0 and h["ref_visible_mean"] > 0 for h in history)
+    assert all(h["ref_zero"] > 0 and h["ref_visible_mean"] > 0 and h["ref_local_mean"] > 0 for h in history)
     assert [h["step"] for h in history if "heldout_loss" in h] == [2, 4, 5]
     verdict = summary["heldout"]
     assert verdict["step"] == 5 and verdict["loss_over_best_reference"] == pytest.approx(
         verdict["heldout_loss"] / min(verdict["heldout_ref_zero"], verdict["heldout_ref_visible_mean"]))
+    assert verdict["loss_over_local_mean"] == pytest.approx(verdict["heldout_loss"] / verdict["heldout_ref_local_mean"])
     assert (out / "loss.png").stat().st_size > 1000
+
+
+def test_distance_bias_is_minus_slope_times_patch_distance_and_splits_by_head():
+    from pipeline_src.model.vit import DistanceBias
+
+    bias = DistanceBias((2.0, 0.5, 0.0, 1.0), grid=(2, 3))
+    full = bias()
+    assert full.shape == (4, 6, 6)
+    # patches 0 = (0, 0), 5 = (1, 2): distance sqrt(5); 1 = (0, 1), 3 = (1, 0): sqrt(2)
+    assert full[0, 0, 5].item() == pytest.approx(-2.0 * 5 ** 0.5)
+    assert full[1, 1, 3].item() == pytest.approx(-0.5 * 2 ** 0.5)
+    assert torch.equal(full[2], torch.zeros(6, 6)) and torch.equal(full.diagonal(dim1=1, dim2=2), torch.zeros(4, 6))
+    bias.keep_heads(range(2, 4))  # what tensor parallelism keeps on the second of two ranks
+    assert torch.equal(bias(), full[2:])
+
+
+def _decoder_outputs(slopes, x, mask):
+    spec = ModelSpec(arch="tp-baseline", task="mae", channels=3, image=(16, 16), patch=4, dim=16, depth=1,
+                     heads=2, agg_heads=2, mlp_ratio=2.0, decoder_slopes=slopes)
+    return build_model(spec, seed=0)(x, mask)
+
+
+def test_decoder_slopes_make_masked_patches_read_their_neighbourhood():
+    """With steep slopes every decoder head attends to the patch itself: a masked patch's output no
+    longer depends on the visible patches at all; with zero slopes it does."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, 16, 16, generator=g)
+    mask = random_mask(1, 16, 0.5, g)
+    changed = x.clone()
+    changed[:, :, :4, :4] += 5.0  # patch 0
+    if mask[0, 0]:
+        mask = ~mask  # patch 0 visible
+    for slopes, moves in (((1e4, 1e4), False), ((0.0, 0.0), True)):
+        before, after = _decoder_outputs(slopes, x, mask), _decoder_outputs(slopes, changed, mask)
+        delta = (after - before)[0, mask[0]].abs().max().item()
+        assert (delta > 1e-3) == moves, (slopes, delta)
+
+
+def test_decoder_slopes_are_checked_and_keep_old_fingerprints():
+    base = dict(arch="tp-baseline", task="mae", channels=3, image=(16, 16), patch=4, dim=16, depth=1, heads=2,
+                agg_heads=2)
+    with pytest.raises(ValueError, match=r"decoder_slopes \[1.0\] needs one slope >= 0 for each of the 2 heads"):
+        build_model(ModelSpec(**base, decoder_slopes=(1.0,)))
+    with pytest.raises(ValueError, match="needs one slope >= 0"):
+        build_model(ModelSpec(**base, decoder_slopes=(1.0, -1.0)))
+    plain, sloped = ModelSpec(**base), ModelSpec(**base, decoder_slopes=(1.0, 0.0))
+    assert plain.fingerprint() == "b4c11f2ae8af0be7"  # as before the field existed: older checkpoints load
+    assert sloped.fingerprint() != plain.fingerprint() and ModelSpec.from_dict(sloped.to_dict()) == sloped
+
+
+def test_local_mean_reads_the_visible_pixels_near_each_pixel():
+    from pipeline_src.model.mae_objective import local_visible_mean
+
+    x = torch.tensor([10.0, 0, 0, 0, 0, 0, 20]).reshape(1, 1, 1, 7).repeat(1, 2, 1, 1)
+    x[:, 1] *= -1  # a second band
+    visible = torch.tensor([[[True, False, False, False, False, False, True]]])
+    local = local_visible_mean(x, visible, radius=2)
+    # pixel 1 sees only pixel 0; pixel 3 sees neither (3 away), so it gets the tile mean; pixel 5 sees pixel 6
+    assert local[0, 0].tolist() == [[10.0, 10.0, 10.0, 15.0, 20.0, 20.0, 20.0]]
+    assert torch.equal(local[0, 1], -local[0, 0])
+    assert torch.equal(local_visible_mean(x, torch.zeros_like(visible), radius=2), torch.zeros_like(x))

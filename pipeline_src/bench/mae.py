@@ -65,7 +65,7 @@ def run(a: argparse.Namespace, workdir: Path) -> list[dict]:
             h = summary["heldout"]
             rows.append({"variant": variant, "arch": cfg.variant(variant)["arch"], "seed": seed,
                          "heldout": h["heldout_loss"], "ref_zero": h["heldout_ref_zero"],
-                         "ref_visible_mean": h["heldout_ref_visible_mean"],
+                         "ref_visible_mean": h["heldout_ref_visible_mean"], "ref_local_mean": h["heldout_ref_local_mean"],
                          "ratio": h["loss_over_best_reference"], "steps": summary["steps"],
                          "seconds": time.perf_counter() - start})
             print(f"  {variant} seed {seed}: held-out {h['heldout_loss']:.4f} "
@@ -77,10 +77,12 @@ def run(a: argparse.Namespace, workdir: Path) -> list[dict]:
 def report(rows: list[dict]) -> str:
     """The per-run table and the D-CHAG minus TP-only gaps over the seeds."""
     lines = ["Held-out masked plant loss (normalised units; plant pixels of masked patches, fixed masks)",
-             f"{'variant':>18} {'seed':>4} {'held-out':>9} {'zero':>7} {'visible':>8} {'/ best ref':>10}"]
+             f"{'variant':>18} {'seed':>4} {'held-out':>9} {'zero':>7} {'visible':>8} {'/ best ref':>10} "
+             f"{'local':>7} {'/ local':>7}"]
     for r in rows:
         lines.append(f"{r['variant']:>18} {r['seed']:>4} {r['heldout']:>9.4f} {r['ref_zero']:>7.4f} "
-                     f"{r['ref_visible_mean']:>8.4f} {r['ratio']:>10.3f}")
+                     f"{r['ref_visible_mean']:>8.4f} {r['ratio']:>10.3f} {r['ref_local_mean']:>7.4f} "
+                     f"{r['heldout'] / r['ref_local_mean']:>7.3f}")
     base = {r["seed"]: r for r in rows if r["arch"] == "tp-baseline"}
     for variant in dict.fromkeys(r["variant"] for r in rows if r["arch"] != "tp-baseline"):
         pairs = [(r, base[r["seed"]]) for r in rows if r["variant"] == variant and r["seed"] in base]

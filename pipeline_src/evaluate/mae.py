@@ -9,7 +9,8 @@ reflectance with the tile stage's per-band statistics before PSNR and spectral a
 All are pooled over the plant pixels of the masked patches of a split. The same metrics are
 reported for the two trivial predictors (suffix _ref_zero: every masked pixel gets the
 training band mean; _ref_visible_mean: the mean spectrum of the tile's visible plant
-pixels), so a reader sees at once whether the model beats them. A model trained with
+pixels; _ref_local_mean: the mean over the visible plant pixels near each pixel, see
+model.mae_objective), so a reader sees at once whether the model beats them. A model trained with
 norm_pix predicts each patch in its own units; its output is returned to data units with
 the true patch's plant-pixel mean and deviation (oracle statistics, said in the output).
 """
@@ -28,7 +29,7 @@ from ..model.build import ModelSpec
 from ..model.tokenizer import unpatchify
 from ..parallel import checkpoint as ckpt
 from ..parallel.mesh import is_main
-from ..model.mae_objective import MaeObjective
+from ..model.mae_objective import LOCAL_RADIUS_PATCHES, MaeObjective, local_visible_mean
 from .runtime import gather, load_parallel, progress, share, start
 
 RGB_NM = (640.0, 550.0, 460.0)
@@ -143,15 +144,19 @@ def run_mae_eval(job: MaeEval) -> dict | None:
     return out if is_main() else None
 
 
-PREDICTORS = ("model", "ref_zero", "ref_visible_mean")
+PREDICTORS = ("model", "ref_zero", "ref_visible_mean", "ref_local_mean")
 
 
-def reference_images(x: torch.Tensor, masked: torch.Tensor, plants: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-    """The trivial predictors' images (B, C, H, W) in normalised units: zero (the training band
-    mean) and each tile's mean spectrum over its visible plant pixels (zero without any)."""
+def reference_images(x: torch.Tensor, masked: torch.Tensor, plants: torch.Tensor,
+                     patch: int) -> list[tuple[str, torch.Tensor]]:
+    """The reference predictors' images (B, C, H, W) in normalised units: zero (the training band
+    mean), each tile's mean spectrum over its visible plant pixels (zero without any), and the
+    local mean of model.mae_objective."""
     visible = (plants & ~masked).to(x.dtype)[:, None]  # (B, 1, H, W)
     spectrum = (x * visible).sum(dim=(2, 3)) / visible.sum(dim=(2, 3)).clamp_min(1.0)  # (B, C)
-    return [("ref_zero", torch.zeros_like(x)), ("ref_visible_mean", spectrum[:, :, None, None].expand_as(x))]
+    local = local_visible_mean(x, plants & ~masked, LOCAL_RADIUS_PATCHES * patch)
+    return [("ref_zero", torch.zeros_like(x)), ("ref_visible_mean", spectrum[:, :, None, None].expand_as(x)),
+            ("ref_local_mean", local)]
 
 
 def _evaluate_split(job, model, spec, tiles, split, ratio, mean, std, mesh, device, objective):
@@ -175,7 +180,7 @@ def _evaluate_split(job, model, spec, tiles, split, ratio, mean, std, mesh, devi
             recon = reconstruct_image(pred, spec.channels, patch, grid)
             masked = pixel_mask(mask, patch, grid)
             if real and scoring:
-                for name, guess in (("model", recon), *reference_images(x, masked, plants)):
+                for name, guess in (("model", recon), *reference_images(x, masked, plants, patch)):
                     sums[name].add(x, guess, x * std + mean, guess * std + mean, masked & plants)
                 for k in range(len(ids)):  # preview tiles that show a plant
                     if len(preview) < job.preview_tiles and plants[k].float().mean() >= 0.1:

@@ -139,7 +139,9 @@ def markdown(rows: list[dict], diffs: list[dict], meta: dict, mae: dict[str, dic
         lines += ["## Masked autoencoders (plant pixels of masked patches, evaluation masks shared by all variants)", "",
                   "Beside each model, the trivial predictors on the same pixels: *zero* predicts the training "
                   "band mean, *visible mean* the mean spectrum of the tile's visible plant pixels. "
-                  "`vs best` = the model's masked MSE over the better of the two (below 1: it beats both).", "",
+                  "`vs best` = the masked MSE over the better of these two (below 1: it beats both). "
+                  "*Local mean*, a stronger bar, predicts each pixel from the visible plant pixels within "
+                  "2 patches of it: a model below it does more than interpolate between neighbours.", "",
                   "| variant | split | tiles | predictor | masked MSE (normalised) | vs best | MSE (reflectance) | "
                   "PSNR (dB, peak 1) | SAM (deg) |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -147,7 +149,8 @@ def markdown(rows: list[dict], diffs: list[dict], meta: dict, mae: dict[str, dic
             for split, m in sorted(res["splits"].items(), key=lambda kv: ("val", "test").index(kv[0])):
                 best = min((m[f"masked_mse_{r}"] for r in ("ref_zero", "ref_visible_mean") if f"masked_mse_{r}" in m),
                            default=None)
-                for label, suffix in (("model", ""), ("zero", "_ref_zero"), ("visible mean", "_ref_visible_mean")):
+                for label, suffix in (("model", ""), ("zero", "_ref_zero"), ("visible mean", "_ref_visible_mean"),
+                                      ("local mean", "_ref_local_mean")):
                     if f"masked_mse{suffix}" not in m:
                         continue
                     ratio = m[f"masked_mse{suffix}"] / best if best else float("nan")

@@ -138,6 +138,24 @@ def evaluate_mae(cfg: Config, variant: str, checkpoint: str, tiles: str, out_dir
             run.log_artifact(out / name, None if name.endswith((".csv", ".json")) else name)
 
 
+def mae_curves(train_root: str | Path, names: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """Label -> (step, loss) points: each MAE's held-out curve (its training loss without one) and
+    the references' curves of the first run that has them (all share the held-out tiles and masks)."""
+    curves = {}
+    for name in names:
+        history = read_json(Path(train_root) / name / "summary.json")["history"]
+        scored = [h for h in history if "heldout_loss" in h]
+        if not scored:
+            curves[f"{name} training"] = [(h["step"], h["loss"]) for h in history]
+            continue
+        curves[f"{name} held-out"] = [(h["step"], h["heldout_loss"]) for h in scored]
+        for ref, label in (("heldout_ref_zero", "predict zero"), ("heldout_ref_visible_mean", "predict visible mean"),
+                           ("heldout_ref_local_mean", "predict local mean")):
+            if ref in scored[0]:  # runs trained before the local mean existed lack it
+                curves.setdefault(label, [(h["step"], h[ref]) for h in scored])
+    return curves
+
+
 def make_scorecard(cfg: Config, eval_root: str, train_root: str, out_dir: str, rule: str | None) -> dict:
     """Merge every evaluated system into scorecard.md/.csv and the comparison plots."""
     from .scorecard import BASELINES, comparison_pairs, differences, markdown, system_rows, write_csv as write_card
@@ -168,16 +186,7 @@ def make_scorecard(cfg: Config, eval_root: str, train_root: str, out_dir: str, r
         if rows:
             for metric, title in (("rmse", "RMSE (WB2)"), ("acc", "ACC (WB2)"), ("bias", "bias")):
                 plots.metric_vs_lead(rows, metric, plot_dir / f"{metric}_vs_lead.png", f"{title} against lead time")
-        curves = {}
-        for name in mae:
-            history = read_json(Path(train_root) / name / "summary.json")["history"]
-            scored = [h for h in history if "heldout_loss" in h]
-            if scored:  # held-out curves, with the references of the first variant (same tiles and masks)
-                curves[f"{name} held-out"] = [(h["step"], h["heldout_loss"]) for h in scored]
-                for ref, label in (("heldout_ref_zero", "predict zero"), ("heldout_ref_visible_mean", "predict visible mean")):
-                    curves.setdefault(label, [(h["step"], h[ref]) for h in scored])
-            else:
-                curves[f"{name} training"] = [(h["step"], h["loss"]) for h in history]
+        curves = mae_curves(train_root, list(mae))
         if curves:
             plots.loss_curves(curves, plot_dir / "mae_loss.png",
                               "MAE held-out loss and trivial references", "masked plant-pixel MSE")

@@ -151,9 +151,9 @@ def assign_splits(names: list[str], fractions: dict, seed: int) -> dict[str, str
     return out
 
 
-def _tile_origins(shape: tuple[int, int], size: tuple[int, int]) -> list[tuple[int, int]]:
-    th, tw = size
-    return [(y, x) for y in range(0, shape[0] - th + 1, th) for x in range(0, shape[1] - tw + 1, tw)]
+def _tile_origins(shape: tuple[int, int], size: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int]]:
+    (th, tw), (sy, sx) = size, stride
+    return [(y, x) for y in range(0, shape[0] - th + 1, sy) for x in range(0, shape[1] - tw + 1, sx)]
 
 
 def _check_splits(splits: dict[str, str], picks: dict[str, dict], hs: dict, needed: dict[str, str]) -> list[str]:
@@ -198,7 +198,10 @@ def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path, needed: d
     masks_by_image = {name: g["mask"][:].astype(bool) for name, g in groups.items()}
     size = tuple(hs["tiles"]["size"])
     min_plant = hs["tiles"]["min_plant_fraction"]
-    picks_by_split = {split: {name: [(y, x) for (y, x) in _tile_origins(masks_by_image[name].shape, size)
+    strides = {split: size for split in SPLITS}
+    strides["train"] = tuple(hs["tiles"].get("train_stride") or size)  # overlap only where nothing is scored
+    picks_by_split = {split: {name: [(y, x) for (y, x) in _tile_origins(masks_by_image[name].shape, size,
+                                                                         strides[split])
                                      if masks_by_image[name][y:y + size[0], x:x + size[1]].mean() >= min_plant]
                               for name in sorted(n for n, s in splits.items() if s == split)}
                       for split in SPLITS}
@@ -251,7 +254,7 @@ def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path, needed: d
                                "split": split})
     stats = {"wavelengths": wl.tolist(), "mean": mean.tolist(), "std": std.tolist(),
              "plant_pixels": int(count), "splits": splits, "tiles": counts, "empty_splits": empty,
-             "tile_size": list(size),
+             "tile_size": list(size), "train_stride": list(strides["train"]),
              "background_masked": bool(mask_background)}
     write_json(out_dir / "stats.json", stats)
     return stats

@@ -49,15 +49,15 @@ class MaskedAutoencoder(nn.Module):
     """
 
     def __init__(self, front: nn.Module, grid: tuple[int, int], dim: int, depth: int, heads: int,
-                 mlp_ratio: float, channels: int, patch: int, decoder_depth: int):
+                 mlp_ratio: float, channels: int, patch: int, decoder_depth: int,
+                 decoder_slopes: tuple[float, ...] = ()):
         super().__init__()
         self.front = front
         self.front_norm = nn.LayerNorm(dim)
         self.grid = grid
         self.pos_embed = nn.Parameter(torch.empty(1, grid[0] * grid[1], dim))
         self.backbone = Backbone(dim, depth, heads, mlp_ratio)
-        self.decoder = MAEDecoder(dim, decoder_depth, heads, mlp_ratio, channels, patch,
-                                  grid[0] * grid[1])
+        self.decoder = MAEDecoder(dim, decoder_depth, heads, mlp_ratio, channels, patch, grid, decoder_slopes)
 
     def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
         """Position embeddings start as the fixed 2-D sine-cosine codes."""

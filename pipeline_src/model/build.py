@@ -37,6 +37,7 @@ class ModelSpec:
     tree: tuple[int, ...] = ()
     outputs: int = 0
     decoder_depth: int = 1
+    decoder_slopes: tuple[float, ...] = ()
     pool_sharing: str = "partition"  # dchag-C trees: one pool per partition, or one per tree node ("node")
     channel_names: tuple[str, ...] = field(default=())
 
@@ -47,12 +48,16 @@ class ModelSpec:
 
     def fingerprint(self) -> str:
         """Stable hash of the spec: equal fingerprints mean interchangeable checkpoints."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        d = self.to_dict()
+        if not d["decoder_slopes"]:
+            del d["decoder_slopes"]  # as before the field existed: older checkpoints still match
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of the spec."""
         d = asdict(self)
         d["image"], d["tree"], d["channel_names"] = list(self.image), list(self.tree), list(self.channel_names)
+        d["decoder_slopes"] = list(self.decoder_slopes)
         return d
 
     @classmethod
@@ -60,6 +65,7 @@ class ModelSpec:
         """Inverse of to_dict."""
         d = dict(d)
         d["image"], d["tree"] = tuple(d["image"]), tuple(d["tree"])
+        d["decoder_slopes"] = tuple(d.get("decoder_slopes", ()))
         d["channel_names"] = tuple(d.get("channel_names", ()))
         return cls(**d)
 
@@ -80,6 +86,9 @@ def check_spec(spec: ModelSpec) -> None:
             raise ValueError(f"model.dim {spec.dim} is not divisible by model.{name} {heads}")
     if spec.dim % 4:
         raise ValueError(f"model.dim {spec.dim} must be a multiple of 4 (2-D position codes)")
+    if spec.decoder_slopes and (len(spec.decoder_slopes) != spec.heads or min(spec.decoder_slopes) < 0):
+        raise ValueError(f"model.decoder_slopes {list(spec.decoder_slopes)} needs one slope >= 0 for each of "
+                         f"the {spec.heads} heads")
     if spec.task == "forecast" and spec.outputs < 1:
         raise ValueError("a forecaster needs at least one output variable")
     if spec.arch != "tp-baseline":
@@ -110,7 +119,8 @@ def build_model(spec: ModelSpec, seed: int | None = 0) -> nn.Module:
                            spec.outputs, spec.patch)
     else:
         model = MaskedAutoencoder(front, spec.grid, spec.dim, spec.depth, spec.heads,
-                                  spec.mlp_ratio, spec.channels, spec.patch, spec.decoder_depth)
+                                  spec.mlp_ratio, spec.channels, spec.patch, spec.decoder_depth,
+                                  spec.decoder_slopes)
     if seed is not None:
         init_weights(model, seed)
     return model

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .tokenizer import unpatchify
-from .vit import Backbone
+from .vit import Backbone, DistanceBias
 
 
 class ForecastHead(nn.Module):
@@ -28,11 +28,16 @@ class MAEDecoder(nn.Module):
 
     Input is the encoder output for the visible patches (B, L_vis, D) and the mask (B, L);
     output is the reconstruction of all C channels of every patch, (B, L, C * patch**2).
+    With `slopes` (one per head) the decoder's attention scores fall with the distance between
+    patches (DistanceBias): a masked patch can copy from the visible patches around it without
+    first learning locality from the position codes.
     """
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, channels: int,
-                 patch: int, num_patches: int):
+                 patch: int, grid: tuple[int, int], slopes: tuple[float, ...] = ()):
         super().__init__()
+        num_patches = grid[0] * grid[1]
+        self.distance_bias = DistanceBias(slopes, grid) if slopes else None
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, dim))
         self.blocks = Backbone(dim, depth, heads, mlp_ratio)
@@ -46,4 +51,5 @@ class MAEDecoder(nn.Module):
         b, length = mask.shape
         full = self.mask_token.expand(b, length, -1).clone()
         full[~mask] = visible.reshape(-1, visible.shape[-1])
-        return self.linear(self.blocks(full + self.pos_embed))
+        bias = self.distance_bias(full.device) if self.distance_bias is not None else None
+        return self.linear(self.blocks(full + self.pos_embed, bias=bias))

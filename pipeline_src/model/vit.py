@@ -22,13 +22,14 @@ class Attention(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, D); bias, added to the attention scores, broadcasts to (B, local heads, N, N)."""
         b, n, _ = x.shape
         hd = self.head_dim
         q = self.q(x).reshape(b, n, -1, hd).transpose(1, 2)
         k = self.k(x).reshape(b, n, -1, hd).transpose(1, 2)
         v = self.v(x).reshape(b, n, -1, hd).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -54,8 +55,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), bias=bias)
         return x + self.mlp(self.norm2(x))
 
 
@@ -67,9 +68,9 @@ class Backbone(nn.Module):
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x)
+            x = block(x, bias=bias)
         return self.norm(x)
 
 
@@ -92,3 +93,30 @@ def sincos_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
 def num_params(module: nn.Module) -> int:
     """Number of parameters (elements) in a module."""
     return sum(math.prod(p.shape) for p in module.parameters())
+
+
+class DistanceBias(nn.Module):
+    """Attention-score bias -slope_h x (distance between two patches, in patches), one slope per head.
+
+    2-D ALiBi (Press et al. 2022 for 1-D; 2-D as in CROMA, Fuller et al. 2023): heads with
+    large slopes look at their neighbourhood, a zero slope leaves a head global. The slopes
+    are fixed, so the bias is computed, not stored; tensor parallelism keeps each rank's heads
+    (keep_heads).
+    """
+
+    def __init__(self, slopes: tuple[float, ...], grid: tuple[int, int]):
+        super().__init__()
+        self.slopes = tuple(float(s) for s in slopes)
+        self.grid = grid
+
+    def keep_heads(self, heads: range) -> None:
+        """Keep only these heads' slopes (the heads a tensor-parallel rank computes)."""
+        self.slopes = tuple(self.slopes[h] for h in heads)
+
+    def forward(self, device: torch.device | None = None) -> torch.Tensor:
+        """The bias (heads, L, L) between every pair of the grid's L patches."""
+        gh, gw = self.grid
+        index = torch.arange(gh * gw, device=device)
+        yx = torch.stack([index // gw, index % gw], dim=-1).float()
+        slopes = torch.tensor(self.slopes, device=device)
+        return -slopes[:, None, None] * torch.cdist(yx, yx)[None]

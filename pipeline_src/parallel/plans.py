@@ -18,7 +18,7 @@ from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInp
 
 from ..io import ConfigError
 from ..model.aggregation import CrossAttentionPool, DCHAGFrontEnd
-from ..model.vit import MLP, Attention, Backbone, Block
+from ..model.vit import MLP, Attention, Backbone, Block, DistanceBias
 from .collectives import gather_partitions
 
 PRIVATE_PREFIX = "front.partitions."
@@ -114,7 +114,8 @@ def apply_dchag(front: DCHAGFrontEnd, tp_mesh: DeviceMesh) -> None:
 
 
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = False) -> None:
-    """Megatron-style TP on every block (heads and MLP split) and cross-attention pool, D-CHAG privates excepted."""
+    """Megatron-style TP on every block (heads and MLP split) and cross-attention pool, D-CHAG privates
+    excepted; attention distance biases keep the slopes of the rank's heads."""
     for name, module in list(model.named_modules()):
         if name.startswith(PRIVATE_PREFIX.rstrip(".")):
             continue  # rank-private partial aggregators are not TP-sharded
@@ -125,6 +126,10 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = Fa
                 parallelize_module(module.get_submodule(sub), tp_mesh, style)
         elif isinstance(module, Backbone) and sequence_parallel:
             apply_sequence_parallel(module, tp_mesh)
+        elif isinstance(module, DistanceBias):
+            per_rank = len(module.slopes) // tp_mesh.size()
+            start = tp_mesh.get_local_rank() * per_rank
+            module.keep_heads(range(start, start + per_rank))  # the heads this rank's q/k/v columns hold
 
 
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy | None) -> None:

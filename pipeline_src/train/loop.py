@@ -33,7 +33,7 @@ from ..datasets.loader import step_loader
 from ..datasets.spectral import Augment, SpectralTiles, SyntheticSpectralTiles
 from .engine import build_engine
 from .losses import forecast_loss, latitude_weights
-from .mae import MaeTraining, beats_references
+from .mae import HELDOUT_KEYS, MaeTraining, beats_references
 from ..model.mae_objective import REFERENCES
 from .schedule import learning_rate
 
@@ -121,7 +121,8 @@ def model_spec(job: TrainJob, data, tp: int) -> ModelSpec:
     if job.task == "forecast":
         return ModelSpec(channels=len(data.channels), image=data.image, outputs=len(data.targets),
                          channel_names=tuple(data.channels), **common)
-    return ModelSpec(channels=data.bands, image=data.image, **common)
+    return ModelSpec(channels=data.bands, image=data.image,
+                     decoder_slopes=tuple(float(v) for v in m.get("decoder_slopes", ())), **common)
 
 
 def run_fingerprint(spec: ModelSpec, s: TrainSettings, data: dict) -> str:
@@ -343,9 +344,10 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
         summary["samples_per_s"] = sum(rates) / len(rates) if rates else None
         scored = [h for h in history if "heldout_loss" in h]
         if scored:  # the MAE's held-out verdict: final loss against the best trivial reference
-            summary["heldout"] = {k: scored[-1][k] for k in ("step", "heldout_loss", "heldout_ref_zero",
-                                                             "heldout_ref_visible_mean")}
+            summary["heldout"] = {k: scored[-1][k] for k in ("step", *HELDOUT_KEYS)}
             summary["heldout"]["loss_over_best_reference"] = beats_references(scored[-1])
+            local = scored[-1]["heldout_ref_local_mean"]
+            summary["heldout"]["loss_over_local_mean"] = scored[-1]["heldout_loss"] / local if local > 0 else None
         if is_main():
             run.log_metrics({f"peak_memory_mb_rank{r}": v for r, v in enumerate(peaks)})
             run.log_params({"final_checkpoint": str(job.final_dir)})
@@ -384,13 +386,13 @@ def _plot_loss(history: list[dict], path: Path, name: str) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     steps = [h["step"] for h in history]
     ax.plot(steps, [h["loss"] for h in history], color="C0", lw=1, alpha=0.6, label="train loss")
-    for key, color in (("ref_zero", "C1"), ("ref_visible_mean", "C2")):
+    for key, color in (("ref_zero", "C1"), ("ref_visible_mean", "C2"), ("ref_local_mean", "C3")):
         if key in history[0]:
             ax.plot(steps, [h[key] for h in history], color=color, lw=0.8, alpha=0.35,
                     label=f"train {key.replace('ref_', 'predict ').replace('_', ' ')}")
     scored = [h for h in history if "heldout_loss" in h]
     for key, color, style in (("heldout_loss", "C0", "-"), ("heldout_ref_zero", "C1", "--"),
-                              ("heldout_ref_visible_mean", "C2", "--")):
+                              ("heldout_ref_visible_mean", "C2", "--"), ("heldout_ref_local_mean", "C3", "--")):
         if scored:
             ax.plot([h["step"] for h in scored], [h[key] for h in scored], color=color, ls=style, lw=2,
                     marker="o", ms=3, label=key.replace("heldout_", "held-out ").replace("_", " "))

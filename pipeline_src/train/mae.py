@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from ..datasets.spectral import SpectralTiles, tile_mask
-from ..model.mae_objective import REFERENCES, MaeObjective
+from ..model.mae_objective import REFERENCES, TRIVIAL, MaeObjective
 
-HELDOUT_KEYS = ("heldout_loss", "heldout_ref_zero", "heldout_ref_visible_mean")
+HELDOUT_KEYS = ("heldout_loss", "heldout_ref_zero", "heldout_ref_visible_mean", "heldout_ref_local_mean")
 
 
 class MaeTraining:
@@ -24,7 +24,7 @@ class MaeTraining:
         self.heldout = SpectralTiles(store) if store and self.every else None
 
     def loss(self, model, batch, device, autocast) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, [ref_zero, ref_visible_mean]) on this rank's micro-batch."""
+        """(loss, the REFERENCES' losses) on this rank's micro-batch."""
         x, mask = batch.x.to(device), batch.mask.to(device)
         plant = batch.plant.to(device) if batch.plant is not None else None
         with autocast():
@@ -62,12 +62,13 @@ class MaeTraining:
         model.train(was_training)
         n = max(totals["pixels"], 1.0)
         return {"heldout_loss": totals["loss"] / n, "heldout_ref_zero": totals["ref_zero"] / n,
-                "heldout_ref_visible_mean": totals["ref_visible_mean"] / n, "heldout_pixels": totals["pixels"]}
+                "heldout_ref_visible_mean": totals["ref_visible_mean"] / n,
+                "heldout_ref_local_mean": totals["ref_local_mean"] / n, "heldout_pixels": totals["pixels"]}
 
 
 def beats_references(record: dict) -> float | None:
-    """Held-out loss over the best trivial reference (below 0.5: at most half of it), or None."""
+    """Held-out loss over the best trivial (constant) reference (below 0.5: at most half of it), or None."""
     if "heldout_loss" not in record:
         return None
-    best = min(record["heldout_ref_zero"], record["heldout_ref_visible_mean"])
+    best = min(record[f"heldout_{k}"] for k in TRIVIAL)
     return record["heldout_loss"] / best if best > 0 else None

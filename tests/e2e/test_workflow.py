@@ -188,6 +188,8 @@ def test_evaluation_outputs_and_tracking(workflow_run):
     assert {p.name for p in (ev / "scorecard_plots").iterdir()} >= {"rmse_vs_lead.png", "acc_vs_lead.png", "mae_loss.png"}
     mae = json.loads((ev / "mae-dchag-L/summary.json").read_text())
     assert set(mae["splits"]) == {"val", "test"} and mae["splits"]["test"]["plant_pixels"] > 0
+    assert all(f"masked_mse_{ref}" in mae["splits"]["test"] for ref in ("ref_zero", "ref_visible_mean", "ref_local_mean"))
+    assert "| mae-dchag-L | test |" in card and "| local mean |" in card
     assert (ev / "mae-dchag-L/plots/reconstruction.png").stat().st_size > 1000
     client, runs = _runs(wd)
     evals = {r.data.params.get("variant", "baselines"): r for r in runs if r.data.tags.get("rule") == "evaluate"}

@@ -113,9 +113,26 @@ def test_mae_reference_images_closed_forms():
     x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
     masked = torch.tensor([[[True, False], [False, False]]] * 2)
     plants = torch.tensor([[[True, True], [False, True]], [[True, False], [False, False]]])
-    refs = dict(reference_images(x, masked, plants))
+    refs = dict(reference_images(x, masked, plants, patch=1))
     assert torch.equal(refs["ref_zero"], torch.zeros_like(x))
     # tile 0: visible plant pixels (0, 1) and (1, 1); tile 1: none, so zero
     want0 = (x[0, :, 0, 1] + x[0, :, 1, 1]) / 2
     torch.testing.assert_close(refs["ref_visible_mean"][0, :, 1, 0], want0)
     assert float(refs["ref_visible_mean"][1].abs().sum()) == 0.0
+    # within 2 patches of 1 pixel every pixel of a 2 x 2 tile is near: the local mean is the visible mean here
+    torch.testing.assert_close(refs["ref_local_mean"], refs["ref_visible_mean"])
+
+
+def test_mae_curves_take_what_each_training_summary_has(tmp_path):
+    from pipeline_src.evaluate.stage import mae_curves
+    from pipeline_src.io import write_json
+
+    old = [{"step": 5, "loss": 1.0, "heldout_loss": 0.9, "heldout_ref_zero": 1.2, "heldout_ref_visible_mean": 1.1}]
+    new = [{"step": 5, "loss": 1.0, "heldout_loss": 0.7, "heldout_ref_zero": 1.2, "heldout_ref_visible_mean": 1.1,
+            "heldout_ref_local_mean": 0.8}]
+    for name, history in (("before", old), ("after", new), ("plain", [{"step": 3, "loss": 2.0}])):
+        (tmp_path / name).mkdir()
+        write_json(tmp_path / name / "summary.json", {"history": history})
+    curves = mae_curves(tmp_path, ["before", "after", "plain"])  # a run trained before the local mean existed
+    assert curves == {"before held-out": [(5, 0.9)], "predict zero": [(5, 1.2)], "predict visible mean": [(5, 1.1)],
+                      "after held-out": [(5, 0.7)], "predict local mean": [(5, 0.8)], "plain training": [(3, 2.0)]}

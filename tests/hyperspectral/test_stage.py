@@ -80,6 +80,24 @@ def test_tiles_have_shape_and_normalised_training_statistics(processed, tmp_path
     assert np.all(tiles.transpose(0, 2, 3, 1)[~masks] == 0.0)  # background masked
 
 
+def test_training_tiles_may_overlap_but_held_out_tiles_never_do(processed, tmp_path):
+    hs, done = processed
+    images = {n: p for n, (p, _) in done.items()}
+    plain = make_tiles(images, hs, tmp_path / "plain")
+    dense = make_tiles(images, dict(hs, tiles=dict(hs["tiles"], train_stride=[8, 8])), tmp_path / "dense")
+    assert dense["mean"] == plain["mean"] and dense["std"] == plain["std"]  # statistics are of the images
+    assert dense["train_stride"] == [8, 8] and plain["train_stride"] == [16, 16]
+    assert dense["tiles"]["train"] == 3 * 5 * 7 and dense["tiles"]["val"] == plain["tiles"]["val"]
+    for split in ("val", "test"):
+        a, b = (zarr.open_group(str(tmp_path / run / f"{split}.zarr"), mode="r") for run in ("plain", "dense"))
+        np.testing.assert_array_equal(a["tiles"][:], b["tiles"][:])
+    a, b = (zarr.open_group(str(tmp_path / run / "train.zarr"), mode="r") for run in ("plain", "dense"))
+    origins = [(name, tuple(o)) for name, o in zip(b.attrs["images"], b.attrs["origins"])]
+    assert len(set(origins)) == len(origins) and (origins[1][1][1] - origins[0][1][1]) == 8
+    for i, (name, origin) in enumerate(zip(a.attrs["images"], a.attrs["origins"])):  # every plain tile is among them
+        np.testing.assert_array_equal(b["tiles"][origins.index((name, tuple(origin)))], a["tiles"][i])
+
+
 def test_splits_are_by_image_and_seeded():
     names = [f"img{i}" for i in range(10)]
     a = assign_splits(names, {"val": 0.2, "test": 0.2}, 0)

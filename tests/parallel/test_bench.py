@@ -27,7 +27,7 @@ def test_mae_benchmark_states_the_gap_and_its_spread_over_seeds():
 
     def row(variant, arch, seed, loss):
         return {"variant": variant, "arch": arch, "seed": seed, "heldout": loss, "ref_zero": 1.0,
-                "ref_visible_mean": 0.8, "ratio": loss / 0.8, "steps": 60, "seconds": 1.0}
+                "ref_visible_mean": 0.8, "ref_local_mean": 0.5, "ratio": loss / 0.8, "steps": 60, "seconds": 1.0}
 
     rows = [row("mae-tp", "tp-baseline", 0, 0.50), row("mae-L", "dchag-L", 0, 0.52),
             row("mae-tp", "tp-baseline", 1, 0.40), row("mae-L", "dchag-L", 1, 0.46)]
@@ -35,3 +35,4 @@ def test_mae_benchmark_states_the_gap_and_its_spread_over_seeds():
     assert "mae-L minus TP-only over 2 seed(s): mean +0.0400, standard deviation 0.0283" in text
     assert "range +0.0200 to +0.0600 (+9.5% of TP-only's loss)" in text
     assert "0.650" in text  # 0.52 / 0.8, the run's ratio to the better reference
+    assert "1.040" in text  # 0.52 / 0.5, the run's ratio to the local mean

@@ -27,7 +27,7 @@ def exactness_specs() -> list[ModelSpec]:
         ModelSpec(arch="dchag-C", task="forecast", partitions=4, tree=(2,), **SMALL),
         ModelSpec(arch="dchag-C", task="forecast", partitions=2, tree=(), **SMALL),
         ModelSpec(arch="gather-all", task="forecast", partitions=2, **SMALL),
-        ModelSpec(arch="dchag-L", task="mae", partitions=4, tree=(), **SMALL),
+        ModelSpec(arch="dchag-L", task="mae", partitions=4, tree=(), decoder_slopes=(2.0, 1.0, 0.5, 0.0), **SMALL),
         ModelSpec(arch="tp-baseline", task="mae", **SMALL),
     ]
 
