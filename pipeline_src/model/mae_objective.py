@@ -11,8 +11,9 @@ the same pixels of the same batch:
   tile's visible plant pixels (0 when it has none);
 - ref_local_mean: predict each masked pixel's spectrum as the mean over the visible plant
   pixels within LOCAL_RADIUS_PATCHES patches of it (the tile's visible mean where there are
-  none). Not a target of the issue's "best trivial reference", a stronger bar beside it: a
-  model below it does more than interpolate between its neighbours.
+  none). It is not among the trivial (constant) references the "best reference" is taken
+  over, but a stronger bar beside them: a model below it does more than interpolate
+  between its neighbours.
 
 With `norm_pix` (the usual MAE option) each masked patch's target is normalised by its own
 plant-pixel mean and standard deviation over all bands; the references are then scored
