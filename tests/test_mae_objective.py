@@ -306,3 +306,17 @@ def test_local_mean_reads_the_visible_pixels_near_each_pixel():
     assert local[0, 0].tolist() == [[10.0, 10.0, 10.0, 15.0, 20.0, 20.0, 20.0]]
     assert torch.equal(local[0, 1], -local[0, 0])
     assert torch.equal(local_visible_mean(x, torch.zeros_like(visible), radius=2), torch.zeros_like(x))
+
+
+def test_disc_sum_equals_a_convolution_with_the_disc():
+    import torch.nn.functional as F
+
+    from pipeline_src.model.mae_objective import disc_sum
+
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(2, 3, 13, 17, generator=g, dtype=torch.float64)
+    for radius in (1, 2, 5, 8):
+        offsets = torch.arange(-radius, radius + 1)
+        disc = ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= radius ** 2).double()
+        conv = F.conv2d(values, disc.expand(3, 1, -1, -1), padding=radius, groups=3)
+        torch.testing.assert_close(disc_sum(values, radius), conv)

@@ -16,6 +16,7 @@ import pandas as pd
 import xarray as xr
 
 from ..io import InputError, atomic_path
+from ..model.mae_objective import TRIVIAL
 from .metrics import CONVENTIONS, block_bootstrap_indices, paired_rmse_difference
 from .scoring import table_rows
 
@@ -147,7 +148,7 @@ def markdown(rows: list[dict], diffs: list[dict], meta: dict, mae: dict[str, dic
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, res in mae.items():
             for split, m in sorted(res["splits"].items(), key=lambda kv: ("val", "test").index(kv[0])):
-                best = min((m[f"masked_mse_{r}"] for r in ("ref_zero", "ref_visible_mean") if f"masked_mse_{r}" in m),
+                best = min((m[f"masked_mse_{r}"] for r in TRIVIAL if f"masked_mse_{r}" in m),
                            default=None)
                 for label, suffix in (("model", ""), ("zero", "_ref_zero"), ("visible mean", "_ref_visible_mean"),
                                       ("local mean", "_ref_local_mean")):

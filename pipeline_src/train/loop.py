@@ -33,7 +33,7 @@ from ..datasets.loader import step_loader
 from ..datasets.spectral import Augment, SpectralTiles, SyntheticSpectralTiles
 from .engine import build_engine
 from .losses import forecast_loss, latitude_weights
-from .mae import HELDOUT_KEYS, MaeTraining, beats_references
+from .mae import MaeTraining, heldout_verdict
 from ..model.mae_objective import REFERENCES
 from .schedule import learning_rate
 
@@ -344,10 +344,7 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
         summary["samples_per_s"] = sum(rates) / len(rates) if rates else None
         scored = [h for h in history if "heldout_loss" in h]
         if scored:  # the MAE's held-out verdict: final loss against the best trivial reference
-            summary["heldout"] = {k: scored[-1][k] for k in ("step", *HELDOUT_KEYS)}
-            summary["heldout"]["loss_over_best_reference"] = beats_references(scored[-1])
-            local = scored[-1]["heldout_ref_local_mean"]
-            summary["heldout"]["loss_over_local_mean"] = scored[-1]["heldout_loss"] / local if local > 0 else None
+            summary["heldout"] = heldout_verdict(scored[-1])
         if is_main():
             run.log_metrics({f"peak_memory_mb_rank{r}": v for r, v in enumerate(peaks)})
             run.log_params({"final_checkpoint": str(job.final_dir)})

@@ -66,9 +66,11 @@ class MaeTraining:
                 "heldout_ref_local_mean": totals["ref_local_mean"] / n, "heldout_pixels": totals["pixels"]}
 
 
-def beats_references(record: dict) -> float | None:
-    """Held-out loss over the best trivial (constant) reference (below 0.5: at most half of it), or None."""
-    if "heldout_loss" not in record:
-        return None
+def heldout_verdict(record: dict) -> dict:
+    """A held-out record's losses with the model's ratios to the best trivial (constant) reference
+    (below 0.5: at most half of it) and to the local mean; a ratio is None when its reference is 0."""
     best = min(record[f"heldout_{k}"] for k in TRIVIAL)
-    return record["heldout_loss"] / best if best > 0 else None
+    local = record["heldout_ref_local_mean"]
+    return {**{k: record[k] for k in ("step", *HELDOUT_KEYS)},
+            "loss_over_best_reference": record["heldout_loss"] / best if best > 0 else None,
+            "loss_over_local_mean": record["heldout_loss"] / local if local > 0 else None}
