@@ -1,12 +1,20 @@
 """Seeded synthetic plant scenes in the camera's raw counts, with their true reflectance.
 
-Leaves are elliptical blobs whose spectra come from PROSPECT-D (the `prosail` package)
-with chlorophyll, water and dry matter varying per leaf; a pot ring and soil fill the
-background. Raw counts follow the line-scan camera model the calibration inverts:
-counts = dark + reflectance x (white - dark) + noise, where (white - dark) holds the
-illumination falling off across the columns and the sensor's weaker response (hence
-noisier signal) at the spectral edges. White and dark reference cubes are written
-alongside.
+Leaves are elliptical blobs whose spectra come from PROSPECT-D (the `prosail` package).
+One plant draws its chlorophyll, water and dry matter once; each leaf departs from them by
+a log-normal factor (`LEAF_SPREAD`), so the leaves of a plant look alike rather than like
+draws from every plant there is. Each leaf is shaded: its reflectance is scaled by a
+brightness that varies smoothly over the leaf (a level, a tilt along one of its axes, a
+curl across the other; `SHADING`). That is what proximal images of plants show: leaf angle and
+illumination dominate the pixel-to-pixel variation, the near infrared most of all, and they
+scale a pixel's spectrum rather than change its shape. Without it the near-infrared
+plateau would be nearly constant over a plant and, once normalised, hold only noise.
+
+A pot ring and soil fill the background. Raw counts follow the line-scan camera model the
+calibration inverts: counts = dark + reflectance x (white - dark) + noise, where
+(white - dark) holds the illumination falling off across the columns and the sensor's
+weaker response (hence noisier signal) at the spectral edges. White and dark reference
+cubes are written alongside.
 """
 
 from __future__ import annotations
@@ -18,6 +26,12 @@ import numpy as np
 
 from .writers import write_camera, write_envi, write_hdf5
 
+# Log-normal standard deviations of a leaf's chlorophyll, water and dry matter about its plant's.
+LEAF_SPREAD = (0.15, 0.10, 0.10)
+# Leaf brightness = level x (1 + tilt x v) x (1 - curl x u**2), with u and v the leaf's own
+# axes (-1..1 from edge to edge): uniform ranges of level, tilt and curl.
+SHADING = {"level": (0.75, 1.0), "tilt": (-0.25, 0.25), "curl": (0.0, 0.2)}
+
 
 @dataclass
 class Scene:
@@ -28,6 +42,7 @@ class Scene:
     dark: np.ndarray         # (ref_lines, samples, bands)
     reflectance: np.ndarray  # (lines, samples, bands) true reflectance
     leaves: np.ndarray       # (lines, samples) bool
+    leaf_ids: np.ndarray     # (lines, samples) int: 0 background, k the k-th leaf drawn
     wavelengths: np.ndarray
 
 
@@ -64,7 +79,9 @@ def make_scene(seed: int, lines: int = 64, samples: int = 96, bands: int = 500,
     pot = (r > 0.40) & (r < 0.46)
     refl[pot] = 0.12 + 0.02 * (wl - 400.0) / 500.0  # grey plastic pot rim
     leaves = np.zeros((lines, samples), dtype=bool)
-    for _ in range(rng.integers(n_leaves[0], n_leaves[1] + 1)):
+    leaf_ids = np.zeros((lines, samples), dtype=np.int16)  # later leaves lie on top
+    plant = {"cab": rng.uniform(25, 55), "cw": rng.uniform(0.008, 0.018), "cm": rng.uniform(0.004, 0.008)}
+    for leaf in range(1, rng.integers(n_leaves[0], n_leaves[1] + 1) + 1):
         ly, lx = rng.uniform(0.25, 0.75) * lines, rng.uniform(0.25, 0.75) * samples
         a, b = rng.uniform(0.08, 0.16) * lines, rng.uniform(0.05, 0.1) * samples
         theta = rng.uniform(0, np.pi)
@@ -72,10 +89,13 @@ def make_scene(seed: int, lines: int = 64, samples: int = 96, bands: int = 500,
         u = (dx * np.cos(theta) + dy * np.sin(theta)) / b
         v = (-dx * np.sin(theta) + dy * np.cos(theta)) / a
         blob = u**2 + v**2 <= 1.0
-        spec = leaf_spectrum(wl, cab=rng.uniform(20, 60), cw=rng.uniform(0.006, 0.02),
-                             cm=rng.uniform(0.003, 0.009))
-        refl[blob] = spec
+        factor = dict(zip(plant, np.exp(rng.normal(0.0, LEAF_SPREAD))))
+        spec = leaf_spectrum(wl, **{k: plant[k] * factor[k] for k in plant})
+        level, tilt, curl = (rng.uniform(*SHADING[k]) for k in ("level", "tilt", "curl"))
+        brightness = level * (1.0 + tilt * v[blob]) * (1.0 - curl * u[blob] ** 2)
+        refl[blob] = brightness[:, None] * spec[None, :]
         leaves |= blob
+        leaf_ids[blob] = leaf
     # Camera: response weaker at the spectral edges; illumination falls off across columns.
     response = 0.35 + 0.65 * np.exp(-(((wl - 650.0) / 260.0) ** 4))
     illumination = 1.0 - 0.3 * ((np.arange(samples) - samples / 2) / samples) ** 2 * 4
@@ -90,7 +110,7 @@ def make_scene(seed: int, lines: int = 64, samples: int = 96, bands: int = 500,
     raw = measure(dark_pattern[None] + refl * span[None])
     white = measure(np.broadcast_to(dark_pattern + span, (ref_lines, samples, bands)).copy())
     dark = measure(np.broadcast_to(dark_pattern, (ref_lines, samples, bands)).copy())
-    return Scene(raw, white, dark, refl.astype(np.float32), leaves, wl)
+    return Scene(raw, white, dark, refl.astype(np.float32), leaves, leaf_ids, wl)
 
 
 def quantise(counts: np.ndarray, dtype: str) -> np.ndarray:
