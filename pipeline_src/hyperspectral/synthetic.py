@@ -5,10 +5,10 @@ One plant draws its chlorophyll, water and dry matter once; each leaf departs fr
 a log-normal factor (`LEAF_SPREAD`), so the leaves of a plant look alike rather than like
 draws from every plant there is. Each leaf is shaded: its reflectance is scaled by a
 brightness that varies smoothly over the leaf (a level, a tilt along one of its axes, a
-curl across the other; `SHADING`). That is what proximal images of plants show: leaf angle and
-illumination dominate the pixel-to-pixel variation, the near infrared most of all, and they
-scale a pixel's spectrum rather than change its shape. Without it the near-infrared
-plateau would be nearly constant over a plant and, once normalised, hold only noise.
+curl across the other; `SHADING`). In proximal images of plants, leaf angle and
+illumination are a large part of the pixel-to-pixel variation, and they scale a pixel's
+spectrum rather than change its shape. Without shading the near-infrared plateau varies
+by 1-2% over a plant and, once normalised, holds mostly camera noise.
 
 A pot ring and soil fill the background. Raw counts follow the line-scan camera model the
 calibration inverts: counts = dark + reflectance x (white - dark) + noise, where
