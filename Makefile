@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv pipeline test test-fast bench bench-frontend bench-loader bench-mae bench-hyperspectral dryrun-slurm clean
+.PHONY: venv pipeline test test-fast bench bench-frontend bench-loader bench-mae bench-oracles bench-hyperspectral dryrun-slurm clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,9 @@ bench-loader: $(STAMP)
 
 bench-mae: $(STAMP)
 	$(VENV)/bin/python -m pipeline_src.cli bench mae $(ARGS)
+
+bench-oracles: $(STAMP)
+	$(VENV)/bin/python -m pipeline_src.cli bench oracles $(ARGS)
 
 dryrun-slurm: $(STAMP)
 	$(VENV)/bin/snakemake --profile profiles/slurm -n

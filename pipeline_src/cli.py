@@ -439,10 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_parser("frontend", help="peak memory per rank and samples/s: tp-baseline vs dchag-L vs dchag-C")
     b.add_parser("loader", help="training input pipeline samples/s per rank vs training's consumption")
     b.add_parser("mae", help="D-CHAG and TP-only MAEs over seeds: held-out loss, references, gap")
+    b.add_parser("oracles", help="how low the masked plant loss can go on the synthetic scenes (leaf oracles)")
     return p
 
 
-FORWARDED_BENCHES = ("frontend", "hyperspectral", "loader", "mae")
+FORWARDED_BENCHES = ("frontend", "hyperspectral", "loader", "mae", "oracles")
 
 
 def main(argv: list[str] | None = None) -> int:

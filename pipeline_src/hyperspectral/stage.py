@@ -63,7 +63,8 @@ def band_plan(wavelengths: np.ndarray, bands_cfg: dict):
     return keep, factor, target, (target if target is not None else wl)
 
 
-def _bands(block: np.ndarray, wavelengths: np.ndarray, keep: slice, factor: int, target) -> np.ndarray:
+def apply_band_plan(block: np.ndarray, wavelengths: np.ndarray, keep: slice, factor: int, target) -> np.ndarray:
+    """(..., bands) -> (..., output bands): trim, bin and resample as band_plan planned."""
     block, wl = block[..., keep], wavelengths[keep]
     block, wl = bin_bands(block, wl, factor)
     return resample(block, wl, target) if target is not None else block
@@ -103,7 +104,7 @@ def preprocess_image(raw: str | Path, white: str | Path, dark: str | Path, hs: d
                 refl = reflectance(cube.read_lines(s, e), white_ref, dark_ref, clip)
                 if not np.isfinite(refl).all():
                     raise InputError(cube.path, f"non-finite values in lines {s}-{e}")
-                out = _bands(refl, cube.wavelengths, keep, factor, target)
+                out = apply_band_plan(refl, cube.wavelengths, keep, factor, target)
                 arr[s:e] = out
                 index[s:e] = ndvi(out, out_wl, m["red_nm"], m["nir_nm"])
             mask = plant_mask(index, m["threshold"], m["min_pixels"])

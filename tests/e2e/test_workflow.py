@@ -166,6 +166,20 @@ def test_hyperspectral_outputs_and_tracking(workflow_run):
     assert mae["world_size"] == 2
 
 
+def test_oracles_regenerate_the_workflows_scenes(workflow_run):
+    """`dchag bench oracles` finds the stage's plant masks in the regenerated scenes, and its
+    predictors order as they must: noise-free truth < leaf shading < the zero reference."""
+    from pipeline_src.bench.oracles import score_split
+    from pipeline_src.config import load
+
+    wd, _ = workflow_run
+    tiles = wd / "results/hyperspectral/tiles"
+    stats = json.loads((tiles / "stats.json").read_text())
+    r = score_split(load(str(wd / "config.yaml")), tiles, "val", stats)
+    assert r["mask_iou"] > 0.9 and r["pixels"] > 0
+    assert r["noise_free"] < r["leaf_shading"] < r["ref_zero"]
+
+
 def test_evaluation_outputs_and_tracking(workflow_run):
     import csv
 
