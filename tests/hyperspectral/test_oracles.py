@@ -33,3 +33,20 @@ def test_leaf_shading_extrapolates_a_plane_and_leaf_mean_does_not():
     np.testing.assert_allclose(out["leaf_mean"][:, hidden], x[:, visible].mean(1)[:, None].repeat(hidden.sum(), 1))
     # leaf 2 shows no visible pixel, and background is not a leaf: both keep the fallback
     assert (out["leaf_shading"][:, leaves == 2] == 7.0).all() and (out["leaf_mean"][:, leaves == 0] == 7.0).all()
+
+
+def test_local_plane_follows_a_ramp_that_a_local_mean_flattens():
+    import torch
+
+    from pipeline_src.bench.oracles import local_plane
+    from pipeline_src.model.mae_objective import local_visible_mean
+
+    yy, xx = np.mgrid[0:16, 0:16].astype(float)
+    x = np.stack([0.1 * yy + 0.05 * xx, -0.08 * xx + 1.0])  # (2, 16, 16): two linear bands
+    visible = np.zeros((16, 16), dtype=bool)
+    visible[::3, ::3] = True
+    targets = ~visible
+    local = local_visible_mean(torch.from_numpy(x)[None], torch.from_numpy(visible)[None], 8)[0].numpy()
+    plane = local_plane(x, visible, targets, 8, local)
+    assert np.abs(plane - x)[:, targets].max() < 0.25 * np.abs(local - x)[:, targets].max()
+    np.testing.assert_array_equal(plane[:, visible], local[:, visible])  # only targets are predicted
