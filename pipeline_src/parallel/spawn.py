@@ -6,6 +6,7 @@ import os
 import socket
 from typing import Callable
 
+import torch
 import torch.multiprocessing as mp
 
 
@@ -19,6 +20,8 @@ def free_port() -> int:
 def _entry(rank: int, fn: Callable, world: int, port: int, args: tuple) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    if "OMP_NUM_THREADS" not in os.environ:  # one share of the cores per rank, as torchrun does
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     fn(*args)
 
 
