@@ -50,3 +50,10 @@ def test_local_plane_follows_a_ramp_that_a_local_mean_flattens():
     plane = local_plane(x, visible, targets, 8, local)
     assert np.abs(plane - x)[:, targets].max() < 0.25 * np.abs(local - x)[:, targets].max()
     np.testing.assert_array_equal(plane[:, visible], local[:, visible])  # only targets are predicted
+
+
+def test_draws_pool_by_scored_pixels():
+    from pipeline_src.bench.oracles import pool
+
+    pooled = pool([{"pixels": 100.0, "ref_zero": 1.0}, {"pixels": 300.0, "ref_zero": 0.6}])
+    assert pooled == {"pixels": 400.0, "ref_zero": (100 * 1.0 + 300 * 0.6) / 400}
