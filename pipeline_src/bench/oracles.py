@@ -50,8 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", default="config.yaml")
     p.add_argument("--tiles", default="results/hyperspectral/tiles", help="the hyperspectral stage's tiles folder")
     p.add_argument("--splits", nargs="+", default=["val", "test"])
-    p.add_argument("--draws", type=int, default=4,
-                   help="mask draws per tile: the evaluation's (evaluate.seed) and the next seeds' (default 4)")
+    p.add_argument("--draws", type=int, default=None,
+                   help="mask draws per tile from evaluate.seed on (default: evaluate.mae_draws, as the evaluation)")
     return p.parse_args(argv)
 
 
@@ -205,6 +205,6 @@ def main(argv=None) -> None:
     if not (tiles / "stats.json").is_file():
         raise SystemExit(f"{tiles}: no tiles (run `snakemake hs_all` first, or pass --tiles)")
     stats = json.loads((tiles / "stats.json").read_text())
-    first = int(cfg.data["evaluate"]["seed"])
-    print(report({split: [score_split(cfg, tiles, split, stats, first + k) for k in range(a.draws)]
+    first, draws = int(cfg.data["evaluate"]["seed"]), a.draws or int(cfg.data["evaluate"]["mae_draws"])
+    print(report({split: [score_split(cfg, tiles, split, stats, first + k) for k in range(draws)]
                   for split in a.splits}))

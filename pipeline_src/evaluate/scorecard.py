@@ -143,8 +143,8 @@ def markdown(rows: list[dict], diffs: list[dict], meta: dict, mae: dict[str, dic
                   "`vs best` = the masked MSE over the better of these two (below 1: it beats both). "
                   "*Local mean*, a stronger bar, predicts each pixel from the visible plant pixels within "
                   "2 patches of it: a model below it does more than interpolate between neighbours.", "",
-                  "| variant | split | tiles | predictor | masked MSE (normalised) | vs best | MSE (reflectance) | "
-                  "PSNR (dB, peak 1) | SAM (deg) |",
+                  "| variant | split | tiles x masks | predictor | masked MSE (normalised) | vs best | "
+                  "MSE (reflectance) | PSNR (dB, peak 1) | SAM (deg) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, res in mae.items():
             for split, m in sorted(res["splits"].items(), key=lambda kv: ("val", "test").index(kv[0])):
@@ -155,7 +155,7 @@ def markdown(rows: list[dict], diffs: list[dict], meta: dict, mae: dict[str, dic
                     if f"masked_mse{suffix}" not in m:
                         continue
                     ratio = m[f"masked_mse{suffix}"] / best if best else float("nan")
-                    lines.append(f"| {name} | {split} | {m['tiles']} | {label} | {_fmt(m[f'masked_mse{suffix}'])} | "
+                    lines.append(f"| {name} | {split} | {m['tiles']} x {m.get('mask_draws', 1)} | {label} | {_fmt(m[f'masked_mse{suffix}'])} | "
                                  f"{ratio:.2f} | {_fmt(m[f'mse_reflectance{suffix}'])} | {m[f'psnr{suffix}']:.2f} | "
                                  f"{m[f'sam_deg{suffix}']:.2f} |")
         lines.append("")

@@ -111,10 +111,11 @@ def evaluate_mae(cfg: Config, variant: str, checkpoint: str, tiles: str, out_dir
     ev = cfg.data["evaluate"]
     mesh = _mesh(cfg)
     job = MaeEval(Path(checkpoint), Path(tiles), ("val", "test"), ev["batch"], ev["seed"], ev["preview_tiles"],
-                  mesh["tp"], mesh["fsdp"], mesh["dp"], _nproc(cfg))
+                  mesh["tp"], mesh["fsdp"], mesh["dp"], _nproc(cfg), draws=ev["mae_draws"])
     out = Path(out_dir)
     with tracking.stage_run(cfg.mlflow, "evaluate", rule, {"variant": variant, "checkpoint": checkpoint,
-                                                             "mesh": mesh, "seed": ev["seed"]},
+                                                             "mesh": mesh, "seed": ev["seed"],
+                                                             "mae_draws": ev["mae_draws"]},
                             wildcards={"variant": variant}) as run:
         res = run_mae_eval(job)
         if not is_main():
