@@ -116,13 +116,11 @@ def cmd_assemble(args) -> None:
 
 def cmd_hs_acquire(args) -> None:
     """Write one synthetic plant scene (raw, white, dark) as ENVI cubes."""
-    from .hyperspectral.synthetic import make_scene, write_scene
+    from .hyperspectral.synthetic import configured_scene, write_scene
 
     cfg = config_mod.load(args.config)
     syn = cfg.hyperspectral["synthetic"]
-    index = cfg.hyperspectral_images().index(args.image)
-    scene = make_scene(syn["seed"] * 100003 + index, lines=syn["lines"], samples=syn["samples"],
-                       bands=syn["bands"])
+    scene = configured_scene(syn, cfg.hyperspectral_images().index(args.image))
     write_scene(scene, args.output_dir, args.image, "envi", syn["interleave"], syn["dtype"])
     log.info("wrote synthetic scene %s (%.1f%% leaf)", args.image, 100 * scene.leaves.mean())
 

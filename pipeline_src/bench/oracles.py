@@ -35,7 +35,8 @@ import zarr
 from ..config import load
 from ..datasets.spectral import tile_mask
 from ..hyperspectral.stage import apply_band_plan, band_plan
-from ..hyperspectral.synthetic import make_scene
+from ..evaluate.mae import pixel_mask
+from ..hyperspectral.synthetic import configured_scene
 from ..model.mae_objective import LOCAL_RADIUS_PATCHES, MaeObjective, local_visible_mean
 from ..model.tokenizer import patchify
 
@@ -116,7 +117,6 @@ def score_split(cfg, tiles_dir: Path, split: str, stats: dict, seed: int) -> dic
     """Pooled masked plant-pixel MSE of the references and oracles on one held-out split, with the
     masks of mask seed `seed` (the evaluation's masks at evaluate.seed)."""
     hs, data = cfg.hyperspectral, cfg.data
-    syn = hs["synthetic"]
     patch, ratio = int(data["model"]["patch"]), float(data["mae"]["mask_ratio"])
     mean, std = np.asarray(stats["mean"], dtype=np.float64), np.asarray(stats["std"], dtype=np.float64)
     names = cfg.hyperspectral_images()
@@ -130,8 +130,7 @@ def score_split(cfg, tiles_dir: Path, split: str, stats: dict, seed: int) -> dic
     overlap = [0, 0]
     for i, (name, (y0, x0)) in enumerate(zip(group.attrs["images"], group.attrs["origins"])):
         if name not in scenes:
-            scene = make_scene(syn["seed"] * 100003 + names.index(name), lines=syn["lines"],
-                               samples=syn["samples"], bands=syn["bands"])
+            scene = configured_scene(hs["synthetic"], names.index(name))
             keep, factor, target, _ = band_plan(scene.wavelengths, hs["bands"])
             truth = apply_band_plan(scene.reflectance.astype(np.float64), scene.wavelengths, keep, factor, target)
             scenes[name] = (scene.leaf_ids, ((truth - mean) / std).transpose(2, 0, 1))
@@ -141,7 +140,7 @@ def score_split(cfg, tiles_dir: Path, split: str, stats: dict, seed: int) -> dic
         overlap[0] += int((plant & (leaves > 0)).sum())
         overlap[1] += int((plant | (leaves > 0)).sum())
         mask = tile_mask(seed, split, i, grid[0] * grid[1], ratio)
-        masked = mask.reshape(grid).repeat_interleave(patch, 0).repeat_interleave(patch, 1).numpy()
+        masked = pixel_mask(mask[None], patch, grid)[0].numpy()
         visible = plant & ~masked
         x_t = torch.from_numpy(x)[None]
         local = local_visible_mean(x_t, torch.from_numpy(visible)[None], LOCAL_RADIUS_PATCHES * patch)[0].numpy()
@@ -152,9 +151,9 @@ def score_split(cfg, tiles_dir: Path, split: str, stats: dict, seed: int) -> dic
         preds["local_plane"] = local_plane(x, visible, plant & masked, LOCAL_RADIUS_PATCHES * patch, local)
         preds["noise_free"] = np.where(plant[None], truth[:, y0:y0 + th, x0:x0 + tw], 0.0)
         args = (x_t.float(), mask[None], torch.from_numpy(plant)[None])
-        sums = objective.sums(None, *args)
-        for k in ORACLES:
-            sums[k] = objective.sums(_layout(preds[k], patch), *args)["loss"]
+        sums = objective.sums(None, *args)  # the references and the scored pixels
+        for k in ORACLES:  # loss = the mean over those pixels
+            sums[k] = objective.loss(_layout(preds[k], patch), *args) * sums["pixels"]
         for k, v in sums.items():
             totals[k] = totals.get(k, 0.0) + float(v)
     iou = overlap[0] / max(overlap[1], 1)

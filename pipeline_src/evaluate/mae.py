@@ -2,8 +2,8 @@
 
 Every tile gets `draws` masks, drawn from (evaluate seed + k, split, tile index) for k < draws,
 the same for every variant, so two models are compared on identical problems; the metrics
-pool every draw (one draw alone moves a 30-tile split's ratios by 0.1 or more). Reconstructions are returned to
-reflectance with the tile stage's per-band statistics before PSNR and spectral angle:
+pool every draw (one draw alone moves a 30-tile split's ratios by 0.1 or more).
+Reconstructions are returned to reflectance with the tile stage's per-band statistics before PSNR and spectral angle:
   masked_mse       mean squared error in normalised units (the training loss's units)
   mse_reflectance  the same in reflectance; psnr = 10 log10(1 / mse_reflectance) (peak 1)
   sam_deg          mean spectral angle (degrees) between true and reconstructed spectra
@@ -169,25 +169,26 @@ def _evaluate_split(job, model, spec, tiles, split, ratio, mean, std, mesh, devi
     rgb = [int(np.argmin(np.abs(np.asarray(tiles.wavelengths) - nm))) for nm in RGB_NM]
     bar = progress(is_main(), passes * job.draws, f"{split} tiles x {job.draws} masks")
     with torch.no_grad():
-        for draw, b in ((d, b) for d in range(job.draws) for b in range(passes)):
+        for b in range(passes):
             ids = mine[b * job.batch:(b + 1) * job.batch]
             real = bool(ids)
             ids = ids or [0]
             x = torch.stack([tiles.tile(i) for i in ids])
             plants = torch.stack([tiles.plant_mask(i) for i in ids])
-            mask = torch.stack([tile_mask(job.seed + draw, split, i, grid[0] * grid[1], ratio) for i in ids])
-            pred = model(x.to(device), mask.to(device)).float().cpu()
-            if objective.norm_pix:
-                pred = objective.to_data_units(pred, x, mask, plants)
-            recon = reconstruct_image(pred, spec.channels, patch, grid)
-            masked = pixel_mask(mask, patch, grid)
-            if real and scoring:
-                for name, guess in (("model", recon), *reference_images(x, masked, plants, patch)):
-                    sums[name].add(x, guess, x * std + mean, guess * std + mean, masked & plants)
-                for k in range(len(ids) if draw == 0 else 0):  # preview tiles that show a plant
-                    if len(preview) < job.preview_tiles and plants[k].float().mean() >= 0.1:
-                        preview.append(_rgb_triplet(x[k], recon[k], masked[k], plants[k], mean, std, rgb))
-            bar.update(1)
+            for draw in range(job.draws):
+                mask = torch.stack([tile_mask(job.seed + draw, split, i, grid[0] * grid[1], ratio) for i in ids])
+                pred = model(x.to(device), mask.to(device)).float().cpu()
+                if objective.norm_pix:
+                    pred = objective.to_data_units(pred, x, mask, plants)
+                recon = reconstruct_image(pred, spec.channels, patch, grid)
+                masked = pixel_mask(mask, patch, grid)
+                if real and scoring:
+                    for name, guess in (("model", recon), *reference_images(x, masked, plants, patch)):
+                        sums[name].add(x, guess, x * std + mean, guess * std + mean, masked & plants)
+                    for k in range(len(ids) if draw == 0 else 0):  # preview tiles that show a plant
+                        if len(preview) < job.preview_tiles and plants[k].float().mean() >= 0.1:
+                            preview.append(_rgb_triplet(x[k], recon[k], masked[k], plants[k], mean, std, rgb))
+                bar.update(1)
     bar.close()
     return (sums, preview) if scoring else (None, None)
 

@@ -155,7 +155,8 @@ def markdown(rows: list[dict], diffs: list[dict], meta: dict, mae: dict[str, dic
                     if f"masked_mse{suffix}" not in m:
                         continue
                     ratio = m[f"masked_mse{suffix}"] / best if best else float("nan")
-                    lines.append(f"| {name} | {split} | {m['tiles']} x {m.get('mask_draws', 1)} | {label} | {_fmt(m[f'masked_mse{suffix}'])} | "
+                    lines.append(f"| {name} | {split} | {m['tiles']} x {m.get('mask_draws', 1)} | {label} | "
+                                 f"{_fmt(m[f'masked_mse{suffix}'])} | "
                                  f"{ratio:.2f} | {_fmt(m[f'mse_reflectance{suffix}'])} | {m[f'psnr{suffix}']:.2f} | "
                                  f"{m[f'sam_deg{suffix}']:.2f} |")
         lines.append("")

@@ -113,6 +113,12 @@ def make_scene(seed: int, lines: int = 64, samples: int = 96, bands: int = 500,
     return Scene(raw, white, dark, refl.astype(np.float32), leaves, leaf_ids, wl)
 
 
+def configured_scene(synthetic: dict, index: int) -> Scene:
+    """The scene the pipeline writes for its `index`-th image, from the hyperspectral.synthetic config."""
+    return make_scene(synthetic["seed"] * 100003 + index, lines=synthetic["lines"],
+                      samples=synthetic["samples"], bands=synthetic["bands"])
+
+
 def quantise(counts: np.ndarray, dtype: str) -> np.ndarray:
     """Counts as stored by the camera: rounded and clipped for integer types."""
     dt = np.dtype(dtype)
