@@ -247,6 +247,35 @@ def test_training_logs_references_and_a_heldout_curve(tmp_path, monkeypatch):
     assert (out / "loss.png").stat().st_size > 1000
 
 
+def test_heldout_curve_pools_its_mask_draws(tmp_path):
+    """heldout_draws masks per tile (seeds seed, seed + 1, ...) pool as the pixel-weighted mean of
+    the single draws: the same sums the evaluation stage pools over its draws."""
+    from contextlib import nullcontext
+
+    from pipeline_src.train.mae import HELDOUT_KEYS, MaeTraining
+
+    data = SyntheticSpectralTiles(bands=8, image=(16, 16), seed=5)
+    ids = range(100, 106)
+    store = _tile_store(tmp_path / "val.zarr", torch.stack([data.tile(i) for i in ids]),
+                        torch.stack([data.plant_mask(i) for i in ids]))
+    spec = ModelSpec(arch="tp-baseline", task="mae", channels=8, image=(16, 16), patch=4, dim=16, depth=1,
+                     heads=2, agg_heads=2, mlp_ratio=2.0)
+    model = build_model(spec, seed=0)
+    settings = {"mask_ratio": 0.75, "heldout_every": 1, "heldout_store": str(store)}
+
+    def score(seed, draws):
+        training = MaeTraining({**settings, "seed": seed, "heldout_draws": draws}, spec.patch)
+        return training.score_heldout(model, spec, torch.device("cpu"), nullcontext, batch=4)
+
+    singles, pooled = [score(3, 1), score(4, 1)], score(3, 2)
+    assert singles[0]["heldout_loss"] != pytest.approx(singles[1]["heldout_loss"], rel=1e-3)  # other masks
+    pixels = [s["heldout_pixels"] for s in singles]
+    assert pooled["heldout_pixels"] == sum(pixels)
+    for key in HELDOUT_KEYS:
+        expected = sum(s[key] * n for s, n in zip(singles, pixels)) / sum(pixels)
+        assert pooled[key] == pytest.approx(expected, rel=1e-5), key
+
+
 def test_distance_bias_is_minus_slope_times_patch_distance_and_splits_by_head():
     from pipeline_src.model.vit import DistanceBias
 

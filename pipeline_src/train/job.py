@@ -43,6 +43,7 @@ def job_from_config(cfg: Config, variant: str, out_dir: str | Path, assembled: s
         data = {"source": m["source"], "bands": m["bands"], "image": list(m["image"]),
                 "mask_ratio": m["mask_ratio"], "seed": m["seed"], "loss": m["loss"], "norm_pix": m["norm_pix"],
                 "sampling": m["sampling"], "heldout_every": m["heldout_every"],
+                "heldout_draws": m["heldout_draws"],
                 "augment": dict(m["augment"])}
         if m["source"] == "hyperspectral":
             if tiles is None:

@@ -1,5 +1,6 @@
 """The masked autoencoder's side of training: plant-pixel loss with its trivial references on
-every batch, and a held-out curve on fixed masks of the validation tiles."""
+every batch, and a held-out curve on fixed masks of the validation tiles (`heldout_draws` masks
+per tile, seeds seed, seed + 1, ...: the evaluation stage's val masks when the seeds agree)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class MaeTraining:
         self.mask_ratio = data["mask_ratio"]
         self.seed = data.get("seed", 0)
         self.every = int(data.get("heldout_every", 0))
+        self.draws = int(data.get("heldout_draws", 1))
         store = data.get("heldout_store")
         self.heldout = SpectralTiles(store) if store and self.every else None
 
@@ -38,7 +40,8 @@ class MaeTraining:
         return self.heldout is not None and (done % self.every == 0 or done == total)
 
     def score_heldout(self, model, spec, device, autocast, batch: int = 8) -> dict[str, float]:
-        """Pooled plant-pixel loss of the model and the references on every held-out tile.
+        """Pooled plant-pixel loss of the model and the references on every held-out tile under
+        each of its `heldout_draws` masks.
 
         Every rank scores every tile (the held-out split is small), so tensor-parallel peers
         run the same forward and no reduction is needed.
@@ -53,12 +56,13 @@ class MaeTraining:
                 ids = range(lo, min(len(tiles), lo + batch))
                 x = torch.stack([tiles.tile(i) for i in ids]).to(device)
                 plant = torch.stack([tiles.plant_mask(i) for i in ids]).to(device)
-                mask = torch.stack([tile_mask(self.seed, "val", i, grid[0] * grid[1], self.mask_ratio)
-                                    for i in ids]).to(device)
-                with autocast():
-                    pred = model(x, mask)
-                for k, v in self.objective.sums(pred.float(), x, mask, plant).items():
-                    totals[k] = totals.get(k, 0.0) + float(v)
+                for draw in range(self.draws):
+                    mask = torch.stack([tile_mask(self.seed + draw, "val", i, grid[0] * grid[1], self.mask_ratio)
+                                        for i in ids]).to(device)
+                    with autocast():
+                        pred = model(x, mask)
+                    for k, v in self.objective.sums(pred.float(), x, mask, plant).items():
+                        totals[k] = totals.get(k, 0.0) + float(v)
         model.train(was_training)
         n = max(totals["pixels"], 1.0)
         return {"heldout_loss": totals["loss"] / n, "heldout_ref_zero": totals["ref_zero"] / n,

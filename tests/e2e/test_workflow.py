@@ -212,6 +212,12 @@ def test_oracles_regenerate_the_workflows_scenes(workflow_run):
     assert ev["plant_pixels"] == r["pixels"] and len({d["pixels"] for d in draws}) > 1
     for ref in ("ref_zero", "ref_visible_mean", "ref_local_mean"):
         assert abs(ev[f"masked_mse_{ref}"] - r[ref]) < 1e-5 * r[ref], ref
+    # and so did training's held-out curve (mae.seed 0 and mae.heldout_draws 4): its last point is
+    # the evaluation's val number of the same final weights
+    heldout = json.loads((wd / "results/train/mae-dchag-L/summary.json").read_text())["heldout"]
+    assert heldout["heldout_loss"] == pytest.approx(ev["masked_mse"], rel=1e-4)
+    for ref in ("ref_zero", "ref_visible_mean", "ref_local_mean"):
+        assert heldout[f"heldout_{ref}"] == pytest.approx(r[ref], rel=1e-5), ref
 
 
 def test_evaluation_outputs_and_tracking(workflow_run):
