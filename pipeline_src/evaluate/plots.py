@@ -103,13 +103,17 @@ def metric_vs_lead(rows: list[dict], metric: str, path: str | Path, title: str) 
 def loss_curves(curves: dict[str, list[tuple[int, float]]], path: str | Path, title: str, ylabel: str) -> None:
     """Several (step, value) curves on one log-scale plot."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(8.5, 3.5))
     for name, pts in curves.items():
-        if pts:  # trivial references dashed and grey, models solid
-            style = dict(color="0.5", ls="--" if "zero" in name else ":") if name.startswith("predict") else {}
+        if pts:  # references grey (zero dashed, visible mean dotted, local mean dash-dot), target red, models solid
+            style = {}
+            if name.startswith("predict"):
+                style = dict(color="0.5", ls="--" if "zero" in name else "-." if "local" in name else ":")
+            elif name.startswith("target"):
+                style = dict(color="C3", ls="--", lw=1)
             ax.plot(*zip(*pts), label=name, **style)
     ax.set(xlabel="step", ylabel=ylabel, yscale="log", title=title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes, off the curves
     fig.tight_layout()
     _save(fig, path)
 

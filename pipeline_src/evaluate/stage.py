@@ -154,7 +154,12 @@ def mae_curves(train_root: str | Path, names: list[str]) -> dict[str, list[tuple
                            ("heldout_ref_local_mean", "predict local mean")):
             if ref in scored[0]:  # runs trained before the local mean existed lack it
                 curves.setdefault(label, [(h["step"], h[ref]) for h in scored])
+        curves.setdefault(TARGET_LABEL, [(h["step"], 0.5 * min(h["heldout_ref_zero"], h["heldout_ref_visible_mean"]))
+                                         for h in scored])
     return curves
+
+
+TARGET_LABEL = "target: half the better of zero and visible mean"
 
 
 def make_scorecard(cfg: Config, eval_root: str, train_root: str, out_dir: str, rule: str | None) -> dict:

@@ -124,7 +124,7 @@ def test_mae_reference_images_closed_forms():
 
 
 def test_mae_curves_take_what_each_training_summary_has(tmp_path):
-    from pipeline_src.evaluate.stage import mae_curves
+    from pipeline_src.evaluate.stage import TARGET_LABEL, mae_curves
     from pipeline_src.io import write_json
 
     old = [{"step": 5, "loss": 1.0, "heldout_loss": 0.9, "heldout_ref_zero": 1.2, "heldout_ref_visible_mean": 1.1}]
@@ -135,4 +135,5 @@ def test_mae_curves_take_what_each_training_summary_has(tmp_path):
         write_json(tmp_path / name / "summary.json", {"history": history})
     curves = mae_curves(tmp_path, ["before", "after", "plain"])  # a run trained before the local mean existed
     assert curves == {"before held-out": [(5, 0.9)], "predict zero": [(5, 1.2)], "predict visible mean": [(5, 1.1)],
-                      "after held-out": [(5, 0.7)], "predict local mean": [(5, 0.8)], "plain training": [(3, 2.0)]}
+                      TARGET_LABEL: [(5, 0.55)], "after held-out": [(5, 0.7)], "predict local mean": [(5, 0.8)],
+                      "plain training": [(3, 2.0)]}
