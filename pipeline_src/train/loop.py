@@ -266,7 +266,8 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
               "launcher": env.launcher, "device": device.type, "parameters": total_params}
     if mae is not None:  # the objective and data choices of the MAE
         augment = Augment.from_config(job.data.get("augment"))
-        params.update({f"mae.{k}": job.data.get(k) for k in ("mask_ratio", "loss", "norm_pix", "sampling")},
+        choices = ("mask_ratio", "loss", "norm_pix", "sampling", "heldout_draws")
+        params.update({f"mae.{k}": job.data.get(k) for k in choices},
                       **{"mae.augment.flips": augment.flips, "mae.augment.shift": augment.shift})
     end = job_end_time() if is_main() else None
     deadline = end - s.walltime_margin_s if end is not None else None
