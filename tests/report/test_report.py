@@ -47,8 +47,9 @@ def test_projection_equals_a_real_two_rank_run():
     check = projection_check(measured, SMALL, processes=2)
     assert {c["variant"] for c in check} == {"tp-baseline", "gather-all", "dchag-L"}
     for c in check:
-        # alone every variant is within 0.1%; once in a full suite run gather-all measured 3.6%
-        # above its projection (1.504 against 1.449 MiB), so the bound leaves room for that
+        # alone every variant is within 0.1%; in two full suite runs gather-all measured 3.6% and
+        # 17.6% above its projection (1.504 and 1.758 against 1.449 MiB) when the measurement took
+        # one step; it takes the lower of two now, and the bound leaves room for the smaller slip
         assert abs(c["deviation_pct"]) < 5, c
         assert c["projected_collectives"] == c["measured_collectives"], c
         assert c["projected_flops"] == c["measured_flops"], c
