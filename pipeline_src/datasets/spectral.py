@@ -116,6 +116,11 @@ def tile_mask(seed: int, split: str, index: int, num_patches: int, ratio: float)
     return random_mask(1, num_patches, ratio, step_generator(seed, index, 0, SPLIT_SALT[split]))[0]
 
 
+def tile_masks(seed: int, split: str, indices, num_patches: int, ratio: float) -> torch.Tensor:
+    """The evaluation masks of several held-out tiles, (len(indices), num_patches) bool."""
+    return torch.stack([tile_mask(seed, split, i, num_patches, ratio) for i in indices])
+
+
 def sampling_weights(plant_fraction: torch.Tensor, how: str) -> torch.Tensor | None:
     """Tile drawing weights: None (uniform), or in proportion to each tile's plant fraction ('plant')."""
     if how == "uniform":

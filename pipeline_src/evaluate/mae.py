@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..datasets.spectral import SpectralTiles, tile_mask
+from ..datasets.spectral import SpectralTiles, tile_masks
 from ..io import InputError, read_json
 from ..model.build import ModelSpec
 from ..model.tokenizer import unpatchify
@@ -176,7 +176,7 @@ def _evaluate_split(job, model, spec, tiles, split, ratio, mean, std, mesh, devi
             x = torch.stack([tiles.tile(i) for i in ids])
             plants = torch.stack([tiles.plant_mask(i) for i in ids])
             for draw in range(job.draws):
-                mask = torch.stack([tile_mask(job.seed + draw, split, i, grid[0] * grid[1], ratio) for i in ids])
+                mask = tile_masks(job.seed + draw, split, ids, grid[0] * grid[1], ratio)
                 pred = model(x.to(device), mask.to(device)).float().cpu()
                 if objective.norm_pix:
                     pred = objective.to_data_units(pred, x, mask, plants)

@@ -20,6 +20,7 @@ from ..parallel.mesh import is_main
 from . import plots
 from .forecast import ForecastEval, VerificationData, baseline_scores, run_forecast_eval
 from .mae import MaeEval, run_mae_eval
+from ..model.mae_objective import TRIVIAL
 from .metrics import CONVENTIONS
 from .scoring import Scores, read_per_init, table_rows, write_csv, write_per_init
 
@@ -154,8 +155,7 @@ def mae_curves(train_root: str | Path, names: list[str]) -> dict[str, list[tuple
                            ("heldout_ref_local_mean", "predict local mean")):
             if ref in scored[0]:  # runs trained before the local mean existed lack it
                 curves.setdefault(label, [(h["step"], h[ref]) for h in scored])
-        curves.setdefault(TARGET_LABEL, [(h["step"], 0.5 * min(h["heldout_ref_zero"], h["heldout_ref_visible_mean"]))
-                                         for h in scored])
+        curves.setdefault(TARGET_LABEL, [(h["step"], 0.5 * min(h[f"heldout_{k}"] for k in TRIVIAL)) for h in scored])
     return curves
 
 

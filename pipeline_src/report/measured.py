@@ -105,9 +105,9 @@ def _peak(engine, batch, device) -> dict:
                 "reserved_bytes": int(torch.cuda.max_memory_reserved(device)), "by_kind": {}}
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    # The lower of two tracked steps: in full test-suite runs one step's peak has come out
-    # 0.05-0.31 MiB (4-18%) above the same step's usual figure (not reproduced alone, nor by
-    # changing when Python's garbage collector runs); the deterministic step is the lower one.
+    # The lower of two tracked steps: in two full test-suite runs one step's peak came out
+    # 0.05 and 0.31 MiB (4% and 18%) above the figure every isolated run gives (not reproduced
+    # alone, nor by changing when Python's garbage collector runs; cause unknown).
     snaps = []
     for _ in range(2):
         tracker = MemTracker()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..datasets.spectral import SpectralTiles, tile_mask
+from ..datasets.spectral import SpectralTiles, tile_masks
 from ..model.mae_objective import REFERENCES, TRIVIAL, MaeObjective
 
 HELDOUT_KEYS = ("heldout_loss", "heldout_ref_zero", "heldout_ref_visible_mean", "heldout_ref_local_mean")
@@ -57,8 +57,7 @@ class MaeTraining:
                 x = torch.stack([tiles.tile(i) for i in ids]).to(device)
                 plant = torch.stack([tiles.plant_mask(i) for i in ids]).to(device)
                 for draw in range(self.draws):
-                    mask = torch.stack([tile_mask(self.seed + draw, "val", i, grid[0] * grid[1], self.mask_ratio)
-                                        for i in ids]).to(device)
+                    mask = tile_masks(self.seed + draw, "val", ids, grid[0] * grid[1], self.mask_ratio).to(device)
                     with autocast():
                         pred = model(x, mask)
                     for k, v in self.objective.sums(pred.float(), x, mask, plant).items():

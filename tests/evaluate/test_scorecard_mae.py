@@ -6,7 +6,8 @@ import pytest
 import torch
 import xarray as xr
 
-from pipeline_src.evaluate.mae import _Sums, pixel_mask, reconstruct_image, tile_mask
+from pipeline_src.datasets.spectral import tile_mask
+from pipeline_src.evaluate.mae import _Sums, pixel_mask, reconstruct_image
 from pipeline_src.evaluate.metrics import cell_area_weights
 from pipeline_src.evaluate.scorecard import (check_same_inits, comparison_pairs, differences, markdown,
                                              system_rows)
