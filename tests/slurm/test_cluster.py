@@ -23,9 +23,12 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 CLUSTER = Path(__file__).with_name("cluster.sh")
 ENV = {"DCHAG_SLURM_ACCOUNT": "dchagtest", "DCHAG_SLURM_PARTITION": "cpu"}
 VARIANT = "forecast-dchag-L"
-# One one-minute job trains 170-350 steps on 2 CPU ranks (the slow and the fast CI machine seen so
-# far): 450 steps need 2-3 jobs, so the chain is tested without paying for more.
-STEPS = 450
+# One one-minute job trained 170 to more than 450 steps on 2 CPU ranks on the CI machines seen so far,
+# so a fixed step count either ends in one job (nothing chained) or pays for many. The run is sized
+# from this machine's step rate, measured locally on 2 ranks: CHAIN_S seconds of steps, where one job
+# trains for at most 35 s (the 1-minute limit less the 25 s margin, before its start-up).
+CHAIN_S = 40
+CALIBRATION_STEPS = 200
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +59,24 @@ def _snakemake(wd: Path, *args, timeout=600, profile=True):
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
 
 
+def _torchrun(wd: Path, config: Path, out: Path) -> dict:
+    """Train VARIANT locally on 2 ranks under torchrun (no Slurm, no MLflow records); its summary."""
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                    "pipeline_src.cli", "train", "--config", str(config), "--variant", VARIANT, "--output-dir",
+                    str(out), "--assembled", str(wd / "results/era5/assembled")], cwd=wd, check=True,
+                   capture_output=True, timeout=300,
+                   env={**{k: v for k, v in os.environ.items() if k != "DCHAG_MLFLOW_RECORDS"},
+                        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    return json.loads((out / "summary.json").read_text())
+
+
+def _steps_per_s(summary: dict, micro_batch: int) -> float:
+    """Peak training steps per second of a run, over its logged windows (the rate still climbs after 100 steps)."""
+    mesh = summary["mesh"]
+    rate = max(h["samples_per_s"] for h in summary["history"] if "samples_per_s" in h)
+    return rate / (micro_batch * mesh["dp"] * mesh["fsdp"])
+
+
 def _sacct(jobs: list[str]) -> list[dict]:
     out = subprocess.run(["sacct", "-n", "-P", "-j", ",".join(jobs), "--format=JobID,State,ExitCode,NTasks"],
                          capture_output=True, text=True, timeout=60).stdout
@@ -67,11 +88,17 @@ def _sacct(jobs: list[str]) -> list[dict]:
 def workdir(tmp_path_factory, cluster):
     wd = tmp_path_factory.mktemp("slurm")
     cfg = dict(TINY, mlflow={"experiment": "slurm"})
-    cfg["train"] = dict(TINY["train"], steps=STEPS, checkpoint_every=0, log_every=10, walltime_margin_s=25,
-                        variants=[{"name": VARIANT, "task": "forecast", "arch": "dchag-L"}])
+    cfg["train"] = dict(TINY["train"], steps=CALIBRATION_STEPS, checkpoint_every=0, log_every=10,
+                        walltime_margin_s=25, variants=[{"name": VARIANT, "task": "forecast", "arch": "dchag-L"}])
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
     proc = _snakemake(wd, "era5_all", profile=False)  # the data stages locally: this test is about training
     assert proc.returncode == 0, proc.stderr[-3000:]
+    config = next((wd / "results/config").glob("effective-*.yaml"))
+    rate = _steps_per_s(_torchrun(wd, config, wd / "calibration"), cfg["train"]["micro_batch"])
+    cfg["train"]["steps"] = min(max(int(rate * CHAIN_S), 200), 3000)
+    print(f"{rate:.1f} steps/s on 2 local ranks: the Slurm chain trains {cfg['train']['steps']} steps")
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    shutil.rmtree(wd / "calibration")
     return wd
 
 
@@ -90,17 +117,12 @@ def test_training_chains_through_time_limits_on_two_ranks(workdir):
     # earlier attempts stopped themselves (exit 3; srun --kill-on-bad-exit ends the peer rank with TERM)
     assert all(r["exit"] in ("3:0", "0:15") for r in steps[:-1]) and steps[-1]["state"] == "COMPLETED", rows
     summary = json.loads((workdir / "results/train" / VARIANT / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["steps"] == STEPS and summary["resumed_from_step"] > 0
+    steps_total = yaml.safe_load((workdir / "config.yaml").read_text())["train"]["steps"]
+    assert summary["world_size"] == 2 and summary["steps"] == steps_total and summary["resumed_from_step"] > 0
     # the same run without interruption, locally under torchrun
-    config = next((workdir / "results/config").glob("effective-*.yaml"))
-    ref = workdir / "reference"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-                    "pipeline_src.cli", "train", "--config", str(config), "--variant", VARIANT, "--output-dir",
-                    str(ref), "--assembled", str(workdir / "results/era5/assembled")], cwd=workdir, check=True,
-                   capture_output=True, timeout=300,
-                   env={**{k: v for k, v in os.environ.items() if k != "DCHAG_MLFLOW_RECORDS"},
-                        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
-    reference = json.loads((ref / "summary.json").read_text())
+    (config,) = [p for p in (workdir / "results/config").glob("effective-*.yaml")
+                 if yaml.safe_load(p.read_text())["train"]["steps"] == steps_total]
+    reference = _torchrun(workdir, config, workdir / "reference")
     assert reference["resumed_from_step"] == 0
     assert [h["loss"] for h in summary["history"]] == [h["loss"] for h in reference["history"]]
     from mlflow.tracking import MlflowClient
@@ -112,7 +134,7 @@ def test_training_chains_through_time_limits_on_two_ranks(workdir):
     assert train.info.run_name == f"train {VARIANT}" and train.data.tags["variant"] == VARIANT
     assert train.info.status == "FINISHED" and train.data.tags["slurm_job_ids"].split(",") == jobs
     history = client.get_metric_history(train.info.run_id, "loss")
-    assert sorted(m.step for m in history) == list(range(1, STEPS + 1))
+    assert sorted(m.step for m in history) == list(range(1, steps_total + 1))
     print(f"real Slurm training chain: {len(jobs)} jobs, {time.time() - start:.0f} s")
 
 
