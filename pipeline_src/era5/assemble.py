@@ -37,7 +37,9 @@ def _open_regridded(path: Path, shard: int) -> xr.Dataset:
     except Exception as err:
         raise InputError(path, f"cannot read regridded file ({type(err).__name__}: {err})") from None
     if (ds.sizes.get("latitude"), ds.sizes.get("longitude")) != (32, 64):
-        raise InputError(path, f"expected the 32x64 grid, found {dict(ds.sizes)}")
+        sizes = dict(ds.sizes)
+        ds.close()  # not left to the garbage collector (see assemble)
+        raise InputError(path, f"expected the 32x64 grid, found {sizes}")
     return ds
 
 
@@ -146,45 +148,54 @@ def assemble(cfg: Config, regridded: dict[tuple[str, str], Path], out_dir: str |
     groups = {c.group for c in channels}
     out_dir = Path(out_dir)
     start = time.perf_counter()
-    static = _open_regridded(regridded[("static", "static")], 0).load() if "static" in groups else None
     backends = set()
     splits_meta = {}
-    opened = [static] if static is not None else []
-    for split in SPLITS:
-        want = periods.split_times(era5["years"], split, era5["hours"])
-        years = sorted(set(want.year))
-        stacks = []
-        for year in years:
-            files = {g: _open_regridded(regridded[(g, str(year))], shard)
-                     for g in ("pressure", "single") if g in groups}
-            opened += files.values()
-            backends.update(ds.attrs.get("regrid_backend", "?") for ds in files.values())
-            stack = channel_stack(channels, files.get("pressure"), files.get("single"), static)
-            mine = want[want.year == year]
-            lost = mine.difference(pd.DatetimeIndex(stack.time.values))
-            if len(lost):
-                raise InputError(regridded[(next(iter(files)), str(year))],
-                                 f"lacks {len(lost)} time step(s) of the {split} split, first {lost[0]}; "
-                                 f"regridded for other splits? rerun era5_regrid")
-            stacks.append(stack.sel(time=mine))
-        fields = xr.concat(stacks, dim="time").chunk({"time": shard, "channel": -1})
-        target = out_dir / f"{split}.zarr"
-        # object dtype: Zarr v3 has a specified variable-length string type, not a fixed one
-        ds = fields.to_dataset(name="fields").assign_coords(channel=_names(channels))
-        ds["fields"].attrs = {"units": "mixed; see normalization.json", "description": "ERA5 channels"}
-        ds.attrs = {"split": split, "period": periods.describe(era5["years"], split), "source": era5["source"],
-                    "grid": "5.625 deg, 32 x 64, ascending cell-centre latitudes"}
-        enc = {"fields": {"chunks": (1, len(channels), 32, 64),
-                          "shards": (shard, len(channels), 32, 64)}}
-        with atomic_path(target) as tmp:
-            ds.to_zarr(tmp, mode="w", zarr_format=3, encoding=enc, consolidated=False)
-        times = pd.DatetimeIndex(fields.time.values)
-        splits_meta[split] = {"path": target.name, "years": years, "period": periods.describe(era5["years"], split),
-                              "n_times": len(times),
-                              "first": str(times[0]), "last": str(times[-1]), "bytes": tree_size(target)}
-
-    for ds in opened:  # close explicitly: HDF5 handles finalised by the GC can crash HDF5
-        ds.close()
+    # Every handle is closed here, on errors too: a NetCDF handle finalised by the garbage
+    # collector in the middle of another HDF5 call can crash HDF5 (see era5.layout.open_raw).
+    opened: list[xr.Dataset] = []
+    try:
+        static = None
+        if "static" in groups:
+            static = _open_regridded(regridded[("static", "static")], 0)
+            opened.append(static)
+            static.load()
+        for split in SPLITS:
+            want = periods.split_times(era5["years"], split, era5["hours"])
+            years = sorted(set(want.year))
+            stacks = []
+            for year in years:
+                files = {}
+                for g in ("pressure", "single"):
+                    if g in groups:
+                        files[g] = _open_regridded(regridded[(g, str(year))], shard)
+                        opened.append(files[g])
+                backends.update(ds.attrs.get("regrid_backend", "?") for ds in files.values())
+                stack = channel_stack(channels, files.get("pressure"), files.get("single"), static)
+                mine = want[want.year == year]
+                lost = mine.difference(pd.DatetimeIndex(stack.time.values))
+                if len(lost):
+                    raise InputError(regridded[(next(iter(files)), str(year))],
+                                     f"lacks {len(lost)} time step(s) of the {split} split, first {lost[0]}; "
+                                     f"regridded for other splits? rerun era5_regrid")
+                stacks.append(stack.sel(time=mine))
+            fields = xr.concat(stacks, dim="time").chunk({"time": shard, "channel": -1})
+            target = out_dir / f"{split}.zarr"
+            # object dtype: Zarr v3 has a specified variable-length string type, not a fixed one
+            ds = fields.to_dataset(name="fields").assign_coords(channel=_names(channels))
+            ds["fields"].attrs = {"units": "mixed; see normalization.json", "description": "ERA5 channels"}
+            ds.attrs = {"split": split, "period": periods.describe(era5["years"], split), "source": era5["source"],
+                        "grid": "5.625 deg, 32 x 64, ascending cell-centre latitudes"}
+            enc = {"fields": {"chunks": (1, len(channels), 32, 64),
+                              "shards": (shard, len(channels), 32, 64)}}
+            with atomic_path(target) as tmp:
+                ds.to_zarr(tmp, mode="w", zarr_format=3, encoding=enc, consolidated=False)
+            times = pd.DatetimeIndex(fields.time.values)
+            splits_meta[split] = {"path": target.name, "years": years, "period": periods.describe(era5["years"], split),
+                                  "n_times": len(times),
+                                  "first": str(times[0]), "last": str(times[-1]), "bytes": tree_size(target)}
+    finally:
+        for ds in opened:
+            ds.close()
     stats, clim = _train_statistics(out_dir / "train.zarr", channels, era5["hours"], shard)
     clim_fields = clim.result(acfg["climatology_window_days"])
     covered = int((clim.counts.sum(axis=1) > 0).sum())

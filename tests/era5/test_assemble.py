@@ -123,6 +123,30 @@ def test_missing_input_is_named(assembled, tmp_path):
     broken.write_bytes(b"junk")
     files[("single", "2011")] = broken
     out = tmp_path / "out"
-    with pytest.raises(InputError, match="broken.nc: cannot read regridded file"):
+    with pytest.raises(InputError, match="broken.nc: cannot read regridded file") as err:
         assemble(cfg, files, out)
     assert not (out / "manifest.json").exists()
+    # the files opened before the error are closed, not left to the garbage collector (a
+    # handle finalised in the middle of another HDF5 call can crash the process); checked
+    # while `err` keeps assemble's frame, and so its datasets, alive
+    assert not _open_netcdf(files.values(), err)
+
+
+def test_a_wrong_grid_closes_every_file(assembled, tmp_path):
+    cfg, _, _, regridded = assembled
+    files = dict(regridded)
+    coarse = tmp_path / "coarse.nc"
+    load_nc(files[("single", "2011")]).isel(latitude=slice(0, 16)).to_netcdf(coarse)
+    files[("single", "2011")] = coarse
+    with pytest.raises(InputError, match="coarse.nc: expected the 32x64 grid") as err:
+        assemble(cfg, files, tmp_path / "out")
+    assert not _open_netcdf(files.values(), err)
+
+
+def _open_netcdf(paths, err: pytest.ExceptionInfo) -> list[str]:
+    """Those of `paths` that xarray still holds open while `err` keeps the failed call's frames."""
+    assert err.tb is not None
+    from xarray.backends.file_manager import FILE_CACHE
+
+    held = {str(arg) for key in list(FILE_CACHE.keys()) for arg in key[1]}
+    return [str(p) for p in paths if str(p) in held]
