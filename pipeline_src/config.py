@@ -14,6 +14,7 @@ import yaml
 from .era5 import periods
 from .era5.channels import Channel, required_fields, resolve_channels
 from .io import ConfigError
+from .placement import Placement, place
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -79,8 +80,13 @@ def _coerce_strings(cfg: dict, errors) -> bool:
     --config passes nested values as strings); True if anything changed."""
     changed = False
     for err in errors:
-        wanted = err.validator_value if err.validator == "type" else None
-        wanted = [wanted] if isinstance(wanted, str) else list(wanted or [])
+        if err.validator == "type":
+            wanted = err.validator_value
+        elif err.validator in ("oneOf", "anyOf"):  # e.g. null or an integer
+            wanted = [t for branch in err.validator_value for t in _as_list(branch.get("type"))]
+        else:
+            wanted = None
+        wanted = _as_list(wanted)
         if not isinstance(err.instance, str) or not any(t in SCALAR_TYPES for t in wanted):
             continue
         value = _scalar(err.instance)
@@ -95,6 +101,10 @@ def _coerce_strings(cfg: dict, errors) -> bool:
         target[last] = value
         changed = True
     return changed
+
+
+def _as_list(value) -> list:
+    return [value] if isinstance(value, str) else list(value or [])
 
 
 def _check_semantics(cfg: dict, source: str) -> None:
@@ -143,6 +153,11 @@ def _check_training(cfg: dict, source: str) -> None:
     ev_per_job = ev_mesh["tp"] * ev_mesh.get("fsdp", 1) * (1 if ev_mesh.get("dp", "auto") == "auto" else ev_mesh["dp"])
     if ev_nproc % ev_per_job or (ev_mesh.get("dp", "auto") != "auto" and ev_nproc != ev_per_job):
         raise ConfigError(source, f"evaluate.nproc {ev_nproc} is not a product of the evaluation mesh {ev_mesh}")
+    for key in ("train", "evaluate"):
+        try:
+            job_placement(cfg, key)
+        except ConfigError as err:
+            raise ConfigError(source, f"{err.path}: {err.problem}") from None
     for v in train["variants"]:
         m = variant_model(cfg, v)
         where = f"train.variants[{v['name']}]"
@@ -165,6 +180,14 @@ def _check_training(cfg: dict, source: str) -> None:
         if m["tree"] and max(m["tree"]) > smallest:
             raise ConfigError(source, f"{where}: model.tree {m['tree']} has more groups than the "
                                       f"{smallest} channels of the smallest partition")
+
+
+def job_placement(cfg: dict, stage: str) -> Placement:
+    """Nodes and tasks per node of a training or evaluation job (stage: train | evaluate)."""
+    train, ev = cfg["train"], cfg["evaluate"]
+    ranks = train["nproc"] if stage == "train" else ev["nproc"] or train["nproc"]
+    mesh = train["mesh"] if stage == "train" else ev["mesh"] or train["mesh"]
+    return place(ranks, cfg["hpc"]["ranks_per_node"], mesh["tp"], f"{stage}.nproc {ranks} at tp {mesh['tp']}")
 
 
 def _check_forecast_splits(cfg: dict, source: str) -> None:

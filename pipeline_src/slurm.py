@@ -93,8 +93,10 @@ def request_of(rule: str, resources) -> Request:
         except (TypeError, ValueError):
             return default
 
-    return Request(rule, resources.get("slurm_partition") or None, num("cpus_per_task", 1),
-                   num("tasks", 1), num("nodes", 1), num("mem_mb", 0))
+    nodes = num("nodes", 1)
+    tasks = num("tasks_per_node", 0) * nodes or num("tasks", 1)
+    return Request(rule, resources.get("slurm_partition") or None, num("cpus_per_task", 1), tasks, nodes,
+                   num("mem_mb", 0))
 
 
 def preflight(jobs) -> list[str]:

@@ -64,3 +64,41 @@ def test_rocm_environment_defaults_leave_user_settings_alone():
     assert added["MIOPEN_USER_DB_PATH"] == added["MIOPEN_CUSTOM_CACHE_DIR"] == "/tmp/miopen-ana-77-3"
     assert set(ROCM_NETWORK) - set(added) == {"NCCL_SOCKET_IFNAME"}
     assert apply_rocm_defaults(0) == {}  # this torch is a CPU build: nothing is set
+
+
+def test_placement_fills_whole_nodes_and_keeps_tp_groups_inside_them():
+    from pipeline_src.placement import place
+
+    assert place(2, None, 2, "k").srun_options() == "-N 1 -n 2"  # no ranks_per_node: one node
+    assert place(4, 8, 4, "k").srun_options() == "-N 1 -n 4"  # a part of one node
+    tp16 = place(16, 8, 16, "k")
+    assert (tp16.nodes, tp16.tasks_per_node) == (2, 8)
+    assert tp16.srun_options() == "-N 2 -n 16 --ntasks-per-node 8"
+    assert tp16.resources() == {"nodes": 2, "tasks_per_node": 8}
+    assert place(32, 8, 2, "k").resources() == {"nodes": 4, "tasks_per_node": 8}
+    assert place(2, 1, 2, "k").resources() == {"nodes": 2, "tasks": 2}  # the plugin refuses tasks_per_node 1
+    with pytest.raises(ConfigError, match="12 ranks do not fill whole nodes of 8"):
+        place(12, 8, 4, "train.nproc 12")
+    with pytest.raises(ConfigError, match="tp 3 does not tile nodes of 8 ranks.*straddle 2 nodes where 1"):
+        place(24, 8, 3, "k")
+    with pytest.raises(ConfigError, match="tp 12 does not tile nodes of 8.*straddle 3 nodes where 2"):
+        place(24, 8, 12, "k")
+
+
+def test_config_refuses_layouts_that_do_not_place():
+    from pipeline_src.config import job_placement, validate_dict
+
+    base = {"era5": {"source": "synthetic", "years": {"train": [2010], "val": [2011], "test": [2012]},
+                     "channels": "paper"},
+            "model": {"dim": 256, "heads": 16, "agg_heads": 16}}
+    cfg = validate_dict({**base, "train": {"nproc": 16, "mesh": {"tp": 16}}, "hpc": {"ranks_per_node": 8}})
+    assert job_placement(cfg, "train").nodes == job_placement(cfg, "evaluate").nodes == 2
+    cfg = validate_dict({**base, "train": {"nproc": 16, "mesh": {"tp": 2}},
+                         "evaluate": {"nproc": 4, "mesh": {"tp": 4}}, "hpc": {"ranks_per_node": "8"}})
+    assert cfg["hpc"]["ranks_per_node"] == 8  # --config passes strings
+    assert job_placement(cfg, "evaluate").nodes == 1
+    with pytest.raises(ConfigError, match=r"train.nproc 12 at tp 4: 12 ranks do not fill whole nodes of 8"):
+        validate_dict({**base, "train": {"nproc": 12, "mesh": {"tp": 4}}, "hpc": {"ranks_per_node": 8}})
+    with pytest.raises(ConfigError, match=r"evaluate.nproc 24 at tp 4: tp 4 does not tile nodes of 6"):
+        validate_dict({**base, "train": {"nproc": 12, "mesh": {"tp": 2}},
+                       "evaluate": {"nproc": 24, "mesh": {"tp": 4}}, "hpc": {"ranks_per_node": 6}})

@@ -423,7 +423,7 @@ def test_frontier_dry_run_sbatch_and_srun_lines(tmp_path):
             assert "-A abc123 -p batch" in sbatch and "-C nvme" in sbatch and "--nodes=1" in sbatch
             assert "--ntasks=8" in sbatch and "--cpus-per-task=7" in sbatch
             assert shell.startswith("OMP_NUM_THREADS=7 MKL_NUM_THREADS=7 OPENBLAS_NUM_THREADS=7 srun "
-                                    "--gpus-per-task=1 --gpu-bind=closest -n 8 -c 7 --kill-on-bad-exit=1 ")
+                                    "--gpus-per-task=1 --gpu-bind=closest -N 1 -n 8 -c 7 --kill-on-bad-exit=1 ")
             if rule == "train":
                 assert "-t 120" in sbatch and "--signal=USR1@300" in sbatch
     assert "slurm_partition=batch" in out and "cpus_per_task=56" in out

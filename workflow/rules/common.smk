@@ -46,6 +46,9 @@ TRAIN_DIR = f"{RESULTS}/train"
 EVAL = CFG.data["evaluate"]
 EVAL_DIR = f"{RESULTS}/evaluation"
 EVAL_NPROC = EVAL["nproc"] or TRAIN["nproc"]
+# Nodes and tasks per node of the rank-launching jobs, from their ranks and hpc.ranks_per_node.
+TRAIN_PLACEMENT = pipeline_config.job_placement(CFG.data, "train")
+EVAL_PLACEMENT = pipeline_config.job_placement(CFG.data, "evaluate")
 BASELINES = ("climatology", "persistence")
 HPC_MODULES = CFG.data["hpc"]["modules"]  # loaded for train/evaluate with --use-envmodules
 FORECASTERS = [n for n, v in TRAIN_VARIANTS.items() if v["task"] == "forecast"]
@@ -135,24 +138,28 @@ def on_cluster(resources):
     return any(str(key).startswith("slurm_") for key in resources.keys())
 
 
-def rank_launcher(nproc):
-    """`nproc` ranks: srun -n nproc -c cpus_per_task under Slurm, else torchrun on this machine.
+def rank_launcher(placement):
+    """The placement's ranks: srun under Slurm, else torchrun on this machine.
 
-    The task count is always on the srun line: inside a Snakemake job step the SLURM_*
-    variables are stripped and a bare srun starts one task. resources.mpi holds the srun
-    command (the Frontier profile adds GPU binding); the rule's own default is plain srun.
-    Each rank gets an explicit CPU thread count (Slurm's cpus_per_task; locally the job's
-    threads shared out): Snakemake exports OMP/MKL_NUM_THREADS = the job's threads to every
-    process, which would oversubscribe the cores and make results depend on the launcher.
+    The task geometry is always on the srun line (-N nodes -n ranks --ntasks-per-node): inside a
+    Snakemake job step the SLURM_* variables are stripped and a bare srun starts one task.
+    resources.mpi holds the srun command (the Frontier profile adds GPU binding); the rule's own
+    default is plain srun. Each rank gets an explicit CPU thread count (Slurm's cpus_per_task;
+    locally the job's threads shared out): Snakemake exports OMP/MKL_NUM_THREADS = the job's
+    threads to every process, which would oversubscribe the cores and make results depend on the
+    launcher. Nodes or tasks set by a profile or --set-resources that contradict the placement
+    are refused: the layout (nproc, hpc.ranks_per_node) decides them.
     """
+    nproc = placement.ranks
 
     def launch(wildcards, threads, resources):
         choice = TRAIN["launcher"]
         if choice == "srun" or (choice == "auto" and on_cluster(resources)):
+            check_placement(placement, resources)
             cpus = int(resources.get("cpus_per_task", 0) or 0) or 1
             if nproc == 1:  # not an MPI job: the job step already runs it as one Slurm task
                 return f"{rank_threads(cpus)} {PYTHON} -m pipeline_src.cli"
-            return (f"{rank_threads(cpus)} {resources.get('mpi') or 'srun'} -n {nproc} -c {cpus} "
+            return (f"{rank_threads(cpus)} {resources.get('mpi') or 'srun'} {placement.srun_options()} -c {cpus} "
                     f"--kill-on-bad-exit=1 {PYTHON} -m pipeline_src.cli")
         return (f"{rank_threads(max(1, threads // nproc))} {PYTHON} -m torch.distributed.run --standalone "
                 f"--nproc-per-node {nproc} -m pipeline_src.cli")
@@ -160,15 +167,28 @@ def rank_launcher(nproc):
     return launch
 
 
+def check_placement(placement, resources):
+    """WorkflowError when the job's nodes or tasks differ from what its layout derives."""
+    wanted = placement.resources()
+    wrong = {k: resources.get(k) for k in ("nodes", "tasks", "tasks_per_node")
+             if resources.get(k) not in (None, wanted.get(k))}
+    if wrong:
+        raise WorkflowError(
+            f"resources {wrong} contradict the layout: {placement.ranks} ranks with hpc.ranks_per_node "
+            f"{CFG.data['hpc']['ranks_per_node']} take {placement.nodes} node(s) x {placement.tasks_per_node} "
+            f"tasks; drop them from the profile or --set-resources and set train.nproc / evaluate.nproc "
+            f"and hpc.ranks_per_node instead")
+
+
+def rank_resources(placement):
+    """Resources of a rank-launching rule: nodes and tasks from the placement, and under Slurm the
+    srun it runs itself (resources.mpi; empty for one rank: the plugin refuses one-task MPI jobs)."""
+    return {"mpi": "srun" if placement.ranks > 1 else "", **placement.resources()}
+
+
 def rank_threads(n):
     """Environment assignments giving each rank n CPU threads (OpenMP and the BLAS libraries)."""
     return f"OMP_NUM_THREADS={n} MKL_NUM_THREADS={n} OPENBLAS_NUM_THREADS={n}"
-
-
-def mpi_resource(nproc):
-    """resources.mpi of a rank-launching rule: srun for several ranks (the Slurm executor then
-    leaves the launch to the rule), empty for one (the plugin refuses one-task MPI jobs)."""
-    return "srun" if nproc > 1 else ""
 
 
 def evaluate_inputs(wildcards):
@@ -202,7 +222,8 @@ onstart:
                 "no node can hold these jobs; Slurm would leave them pending forever "
                 "(PartitionConfig):\n  " + "\n  ".join(misfits) + "\nLower their resources "
                 "(--set-resources RULE:cpus_per_task=N RULE:mem_mb=M; on the command line this "
-                "replaces the profile's whole set-resources map) or choose another partition."
+                "replaces the profile's whole set-resources map), spread the ranks of train and evaluate "
+                "over nodes with hpc.ranks_per_node, or choose another partition."
             )
     tracking.start_workflow_run(
         CFG.mlflow,

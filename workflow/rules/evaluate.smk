@@ -14,7 +14,7 @@ rule evaluate:
         **system_outputs("{variant}"),
     params:
         config_hash=CFG.section_hash("evaluate", "forecast"),
-        launch=rank_launcher(EVAL_NPROC),
+        launch=rank_launcher(EVAL_PLACEMENT),
         out=parent_folder("metrics"),
         assembled=ASSEMBLED,
         tiles=HS_TILES,
@@ -25,8 +25,7 @@ rule evaluate:
     resources:
         mem_mb=4000,
         runtime=30,
-        mpi=mpi_resource(EVAL_NPROC),  # under Slurm only: the rule launches its ranks itself
-        tasks=EVAL_NPROC,
+        **rank_resources(EVAL_PLACEMENT),  # nodes, tasks; under Slurm the rule launches its ranks itself
     conda:
         "../../envs/train.yaml"
     envmodules:

@@ -21,7 +21,7 @@ rule train:
                     category="Training", subcategory="{variant}"),
     params:
         config_hash=train_config_hash,
-        launch=rank_launcher(TRAIN["nproc"]),
+        launch=rank_launcher(TRAIN_PLACEMENT),
         run_dir=parent_folder("summary"),
         assembled=ASSEMBLED,
         tiles=HS_TILES,
@@ -32,8 +32,7 @@ rule train:
     resources:
         mem_mb=4000,
         runtime=60,
-        mpi=mpi_resource(TRAIN["nproc"]),  # under Slurm only: the rule launches its ranks itself
-        tasks=TRAIN["nproc"],
+        **rank_resources(TRAIN_PLACEMENT),  # nodes, tasks; under Slurm the rule launches its ranks itself
     conda:
         "../../envs/train.yaml"
     envmodules:
