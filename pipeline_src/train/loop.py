@@ -126,10 +126,32 @@ def model_spec(job: TrainJob, data, tp: int) -> ModelSpec:
 
 
 def run_fingerprint(spec: ModelSpec, s: TrainSettings, data: dict) -> str:
-    """Hash of what makes two runs the same run (the mesh excluded): names the resume folder."""
+    """Hash of what makes two runs the same run (the mesh excluded): names the resume folder.
+
+    The D-CHAG partitions are left out too: with model.partitions auto they follow train.mesh.tp,
+    and a run resumed on another mesh must find its checkpoints and be told, by the checkpoint's
+    architecture check, that the partitions differ (instead of silently starting anew).
+    """
     settings = {k: v for k, v in vars(s).items() if k not in LAUNCH_SETTINGS}
-    blob = json.dumps({"spec": spec.to_dict(), "settings": settings, "data": data}, sort_keys=True, default=str)
+    model = {k: v for k, v in spec.to_dict().items() if k != "partitions"}
+    blob = json.dumps({"spec": model, "settings": settings, "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _resume(job: TrainJob, latest: Path, model, optimizer, spec: ModelSpec, tp: int) -> dict:
+    """Load the run's latest checkpoint; a changed partition count is refused with what to do."""
+    try:
+        return ckpt.load_checkpoint(latest, model, optimizer, spec_dict=spec.to_dict(), fingerprint=spec.fingerprint())
+    except ckpt.CheckpointError as err:
+        saved = ckpt.read_meta(latest).get("spec", {}).get("partitions")
+        if saved is None or saved == spec.partitions:
+            raise
+        configured = job.model.get("partitions", "auto")
+        why = (f"model.partitions auto follows train.mesh.tp, now {tp}: pin model.partitions: {saved} to resume "
+               f"this run on the new mesh (DCP reshards it; tp must divide {saved})" if configured == "auto" else
+               f"model.partitions is now {configured}: set it back to {saved} to resume this run")
+        raise ckpt.CheckpointError(latest, f"{err.problem}; {why}, or remove {latest.parent} to start "
+                                           f"anew") from None
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -254,8 +276,7 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
     start, history = 0, []
     latest = ckpt.latest_checkpoint(ckpt_root)
     if latest is not None:
-        loaded = ckpt.load_checkpoint(latest, model, optimizer, spec_dict=spec.to_dict(),
-                                      fingerprint=spec.fingerprint())
+        loaded = _resume(job, latest, model, optimizer, spec, s.tp)
         start = int(loaded["step"])
         history = list(loaded.get("history", []))
         log.info("resumed %s from %s (step %d)", job.name, latest, start)

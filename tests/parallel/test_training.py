@@ -167,3 +167,18 @@ def test_bf16_fsdp_mixed_precision_tracks_fp32(tmp_path):
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=5e-2, atol=1e-3)
     weights, _ = _weights(bf16.final_dir)
     assert all(w.dtype == torch.float32 for w in weights.values())
+
+
+@pytest.mark.timeout(300)
+def test_a_mesh_change_that_changes_auto_partitions_is_refused_with_what_to_do(tmp_path):
+    run_local(workers.train, 2, workers.train_job(tmp_path, "run", tp=2, steps=4, checkpoint_every=2,
+                                                  partitions="auto"))  # 2 partitions; keeps the step-2 checkpoint
+    at_tp1 = workers.train_job(tmp_path, "run", tp=1, steps=4, checkpoint_every=2, partitions="auto")
+    with pytest.raises(Exception, match=r"partitions: checkpoint 2 vs config 1.*model.partitions auto follows "
+                                        r"train.mesh.tp, now 1: pin model.partitions: 2 to resume"):
+        run_local(workers.train, 1, at_tp1)
+    pinned = workers.train_job(tmp_path, "run", tp=1, steps=4, checkpoint_every=2, partitions=2)
+    run_local(workers.train, 1, pinned)  # the same run folder, resharded from TP 2 to one rank
+    summary = json.loads(pinned.summary_path.read_text())
+    assert summary["resumed_from_step"] == 2 and len(summary["history"]) == 4
+    assert len(list((tmp_path / "run" / "checkpoints").iterdir())) == 1
