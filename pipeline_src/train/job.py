@@ -29,7 +29,7 @@ def job_from_config(cfg: Config, variant: str, out_dir: str | Path, assembled: s
     settings = TrainSettings(**{k: v["train"].get(k, t[k]) for k in SETTING_KEYS}, tp=t["mesh"]["tp"],
                              fsdp=t["mesh"]["fsdp"], dp=t["mesh"]["dp"], expected_world=t["nproc"],
                              walltime_margin_s=t["walltime_margin_s"], loader_workers=t["loader_workers"],
-                             prefetch=t["prefetch"])
+                             prefetch=t["prefetch"], checkpoint_async=t["checkpoint_async"])
     if v["task"] == "forecast":
         if assembled is None:
             raise ValueError("a forecast variant needs the assembled ERA5 directory")

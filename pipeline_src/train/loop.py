@@ -58,6 +58,7 @@ class TrainSettings:
     sequence_parallel: bool = False
     checkpoint_every: int = 20
     keep_checkpoints: int = 2
+    checkpoint_async: bool = False  # write step checkpoints in the background (DCP async_save)
     log_every: int = 5  # also how often the host syncs: loss check, stop agreement, progress
     seed: int = 0
     tp: int = 1
@@ -71,7 +72,8 @@ class TrainSettings:
 
 # Not part of what makes two runs the same run (the resume folder's key): a run may be
 # resumed on another mesh, by another launcher, with another margin.
-LAUNCH_SETTINGS = ("tp", "fsdp", "dp", "expected_world", "walltime_margin_s", "loader_workers", "prefetch")
+LAUNCH_SETTINGS = ("tp", "fsdp", "dp", "expected_world", "walltime_margin_s", "loader_workers", "prefetch",
+                   "checkpoint_async")
 
 
 @dataclass
@@ -219,18 +221,21 @@ class _Fetch:
                                self.sampling, self.augment)
 
 
-def _sync(pending: list, stop: _StopFlag, device) -> tuple[list[list[float]], list[float], bool]:
+def _sync(pending: list, stop: _StopFlag, checkpoints: ckpt.StepCheckpoints,
+          device) -> tuple[list[list[float]], list[float], bool, bool]:
     """One host sync for the steps since the last: per step its loss and extras averaged over all
-    ranks, the grad norms, and whether any rank must stop (agreed by all, in the same all-reduce)."""
+    ranks, the grad norms, whether any rank must stop, and whether every rank has written its part
+    of the checkpoint in flight (both agreed by all, in the same all-reduce)."""
     per_step = torch.stack([torch.cat([p[0].reshape(1), p[3]]) for p in pending])  # (steps, 1 + extras)
     width = per_step.shape[1]
-    reduced = torch.cat([per_step.reshape(-1), torch.tensor([stop.local()], device=device)])
+    flags = [stop.local(), 0.0 if checkpoints.written_here() else 1.0]
+    reduced = torch.cat([per_step.reshape(-1), torch.tensor(flags, device=device)])
     if dist.is_initialized():
         dist.all_reduce(reduced)
-        reduced[:-1] /= dist.get_world_size()
-    stop_now = float(reduced[-1]) > 0
-    rows = reduced[:-1].reshape(-1, width).tolist()
-    return rows, torch.stack([p[1] for p in pending]).float().tolist(), stop_now
+        reduced[:-2] /= dist.get_world_size()
+    stop_now, all_written = float(reduced[-2]) > 0, float(reduced[-1]) == 0
+    rows = reduced[:-2].reshape(-1, width).tolist()
+    return rows, torch.stack([p[1] for p in pending]).float().tolist(), stop_now, all_written
 
 
 def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) -> dict:
@@ -269,6 +274,7 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
     # is left out on purpose, since DCP reshards a checkpoint to another world size.
     run_key = run_fingerprint(spec, s, job.data)
     ckpt_root = Path(job.run_dir) / "checkpoints" / run_key
+    checkpoints = ckpt.StepCheckpoints(ckpt_root, s.keep_checkpoints, s.checkpoint_async)
     others = [p.name for p in ckpt_root.parent.glob("*") if p.is_dir() and p.name != run_key]
     if others and is_main():
         log.warning("%s: checkpoints of other configurations in %s are not resumed: %s",
@@ -327,7 +333,8 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
                 pending_heldout[done] = heldout
             if not (done % s.log_every == 0 or done == s.steps or at_checkpoint):
                 continue  # no host sync on this step
-            rows, norms, stop_now = _sync(pending, stop, device)
+            rows, norms, stop_now, all_written = _sync(pending, stop, checkpoints, device)
+            checkpoints.commit_if(all_written)
             first = done - len(pending) + 1
             for i, (row, norm_value, (_, _, step_lr, _)) in enumerate(zip(rows, norms, pending)):
                 if not math.isfinite(row[0]):
@@ -344,15 +351,15 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
             progress.set_postfix(loss=f"{rows[-1][0]:.4f}", lr=f"{lr:.2e}")
             pending = []
             if at_checkpoint or stop_now:
-                ckpt.save_checkpoint(ckpt.step_dir(ckpt_root, done), model, optimizer,
-                                     {**meta, "step": done, "history": history})
-                ckpt.prune_checkpoints(ckpt_root, s.keep_checkpoints)
+                checkpoints.save(done, model, optimizer, {**meta, "step": done, "history": list(history)})
             if stop_now:
+                checkpoints.close()  # committed before the job ends
                 progress.close()
                 run.set_tags({"preempted_at_step": str(done)})
                 raise Preempted(f"{job.name}: {stop.reason}; checkpoint at step {done} in "
                                 f"{ckpt_root}; rerun the same command to resume")
         progress.close()
+        checkpoints.close()
         ckpt.save_checkpoint(job.final_dir, model, None, {**meta, "step": s.steps})
         peaks = _gather_objects(_peak_memory_mb(device))
         summary = {"variant": job.name, "task": job.task, "steps": s.steps, "resumed_from_step": start,

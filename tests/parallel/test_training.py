@@ -182,3 +182,25 @@ def test_a_mesh_change_that_changes_auto_partitions_is_refused_with_what_to_do(t
     summary = json.loads(pinned.summary_path.read_text())
     assert summary["resumed_from_step"] == 2 and len(summary["history"]) == 4
     assert len(list((tmp_path / "run" / "checkpoints").iterdir())) == 1
+
+
+@pytest.mark.timeout(300)
+def test_async_checkpoints_equal_sync_ones_and_a_crash_mid_save_keeps_the_previous_one(tmp_path):
+    straight = workers.train_job(tmp_path, "straight", tp=2, steps=8, checkpoint_every=2)
+    background = workers.train_job(tmp_path, "async", tp=2, steps=8, checkpoint_every=2, checkpoint_async=True)
+    run_local(workers.train, 2, straight)
+    with pytest.raises(Exception):  # rank 0 SIGKILLed in the thread writing the step-4 checkpoint
+        run_local(workers.train, 2, background, None, "SIGTERM", 2)
+    assert _latest(background).name == "step_00000002"  # the save in flight was never committed
+    assert (_latest(background).parent / ".step_00000004.partial").is_dir()
+    run_local(workers.train, 2, background)  # resumes from step 2, saves steps 4 and 6 in the background
+    assert json.loads(background.summary_path.read_text())["resumed_from_step"] == 2
+    assert _history(background) == _history(straight)
+    _final_weights_equal(straight, background)
+    # the step-6 checkpoint, written while steps 7 and 8 trained on, holds the step-6 weights
+    a, meta_a = _weights(_latest(straight))
+    b, meta_b = _weights(_latest(background))
+    assert meta_a["step"] == meta_b["step"] == 6
+    assert [h["loss"] for h in meta_a["history"]] == [h["loss"] for h in meta_b["history"]]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(p.name for p in _latest(background).parent.iterdir()) == ["step_00000004", "step_00000006"]

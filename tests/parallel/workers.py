@@ -125,7 +125,8 @@ def train(job, kill_at_step: int | None = None, sig: str = "SIGTERM", crash_in_s
 
     SIGTERM is a polite stop: the ranks agree at the next host sync (every log_every = 2
     steps here) and checkpoint. SIGKILL is a crash. crash_in_save=N SIGKILLs rank 0 in the
-    middle of writing the N-th checkpoint (after its shards, before it is complete)."""
+    middle of writing the N-th checkpoint (after its shards, before it is complete); with
+    asynchronous checkpoints, from the background thread that writes them."""
     import os
     import signal
 
@@ -145,6 +146,20 @@ def train(job, kill_at_step: int | None = None, sig: str = "SIGTERM", crash_in_s
             if len(saves) == crash_in_save and int(os.environ["RANK"]) == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
         ckpt_module.dcp.save = save
+        from torch.distributed.checkpoint.filesystem import FileSystemWriter
+
+        real_write = FileSystemWriter.write_data
+
+        def write_data(self, plan, planner):
+            done = real_write(self, plan, planner)
+            if "step_" in str(self.path):  # a step checkpoint (not the final one)
+                saves.append(self.path)
+                if len(saves) == crash_in_save and int(os.environ["RANK"]) == 0:
+                    done.wait()  # this rank's shards are on disk; the save is not committed
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return done
+        if job.settings.checkpoint_async:
+            FileSystemWriter.write_data = write_data
 
     try:
         run_training(job, on_step=on_step)
