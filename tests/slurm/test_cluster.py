@@ -1,27 +1,22 @@
-"""`snakemake --profile slurm` on a real one-node Slurm cluster (tests/slurm/cluster.sh).
+"""`snakemake --profile slurm` on a real Slurm cluster (tests/slurm/cluster.sh; its fixture in conftest.py).
 
 Training of one variant runs through the generic profile with a 1-minute time limit: it must
 stop itself before the limit with a checkpoint, be resubmitted by --retries, resume, run on
-2 ranks, and end with the loss history of an uninterrupted run.
+2 ranks of one node, and end with the loss history of an uninterrupted run.
 """
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline_src.config import REPO_ROOT
 from tests.e2e.test_workflow import TINY
+from tests.slurm.helpers import job_ids, sacct, snakemake as _snakemake, steps_per_s as _steps_per_s, torchrun
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
-CLUSTER = Path(__file__).with_name("cluster.sh")
-ENV = {"DCHAG_SLURM_ACCOUNT": "dchagtest", "DCHAG_SLURM_PARTITION": "cpu"}
 VARIANT = "forecast-dchag-L"
 # One one-minute job trained 170 to more than 450 steps on 2 CPU ranks on the CI machines seen so far,
 # so a fixed step count either ends in one job (nothing chained) or pays for many. The run is sized
@@ -29,59 +24,6 @@ VARIANT = "forecast-dchag-L"
 # trains for at most 35 s (the 1-minute limit less the 25 s margin, before its start-up).
 CHAIN_S = 40
 CALIBRATION_STEPS = 200
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    missing = [b for b in ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd") if shutil.which(b) is None
-               and not Path("/usr/sbin", b).exists()]
-    if missing:
-        pytest.skip(f"Slurm is not installed here ({', '.join(missing)} missing; .ci/run installs Debian's "
-                    f"slurm-wlm munge slurmdbd mariadb-server)")
-    if os.geteuid() != 0:
-        pytest.skip("starting the Slurm daemons needs root")
-    proc = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    yield
-    subprocess.run(["scancel", "-u", "root"], capture_output=True, timeout=30)
-    subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, timeout=60)
-
-
-def _snakemake(wd: Path, *args, timeout=600, profile=True):
-    env = dict(os.environ, **ENV, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.pop("SNAKEMAKE_PROFILE", None)
-    cmd = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "snakemake", *args, "-s",
-           str(REPO_ROOT / "Snakefile"), "-d", str(wd)]
-    if profile:
-        cmd += ["--profile", "slurm", "--slurm-init-seconds-before-status-checks", "5"]
-    else:
-        cmd += ["--cores", "2"]
-    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-
-
-def _torchrun(wd: Path, config: Path, out: Path) -> dict:
-    """Train VARIANT locally on 2 ranks under torchrun (no Slurm, no MLflow records); its summary."""
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-                    "pipeline_src.cli", "train", "--config", str(config), "--variant", VARIANT, "--output-dir",
-                    str(out), "--assembled", str(wd / "results/era5/assembled")], cwd=wd, check=True,
-                   capture_output=True, timeout=300,
-                   env={**{k: v for k, v in os.environ.items() if k != "DCHAG_MLFLOW_RECORDS"},
-                        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
-    return json.loads((out / "summary.json").read_text())
-
-
-def _steps_per_s(summary: dict, micro_batch: int) -> float:
-    """Peak training steps per second of a run, over its logged windows (the rate still climbs after 100 steps)."""
-    mesh = summary["mesh"]
-    rate = max(h["samples_per_s"] for h in summary["history"] if "samples_per_s" in h)
-    return rate / (micro_batch * mesh["dp"] * mesh["fsdp"])
-
-
-def _sacct(jobs: list[str]) -> list[dict]:
-    out = subprocess.run(["sacct", "-n", "-P", "-j", ",".join(jobs), "--format=JobID,State,ExitCode,NTasks"],
-                         capture_output=True, text=True, timeout=60).stdout
-    keys = ("job", "state", "exit", "ntasks")
-    return [dict(zip(keys, line.split("|"))) for line in out.splitlines() if line]
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +36,7 @@ def workdir(tmp_path_factory, cluster):
     proc = _snakemake(wd, "era5_all", profile=False)  # the data stages locally: this test is about training
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = next((wd / "results/config").glob("effective-*.yaml"))
-    rate = _steps_per_s(_torchrun(wd, config, wd / "calibration"), cfg["train"]["micro_batch"])
+    rate = _steps_per_s(torchrun(wd, config, wd / "calibration", VARIANT), cfg["train"]["micro_batch"])
     cfg["train"]["steps"] = min(max(int(rate * CHAIN_S), 200), 3000)
     print(f"{rate:.1f} steps/s on 2 local ranks: the Slurm chain trains {cfg['train']['steps']} steps")
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -109,8 +51,8 @@ def test_training_chains_through_time_limits_on_two_ranks(workdir):
                       "train:mem_mb=3000", "train:runtime=1")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
-    jobs = sorted({line.split("SLURM jobid ")[1].split()[0] for line in out.splitlines() if "SLURM jobid" in line}, key=int)
-    rows = _sacct(jobs)
+    jobs = job_ids(out)
+    rows = sacct(jobs)
     steps = [r for r in rows if r["job"].endswith(".0")]  # the srun step of each attempt
     assert len(jobs) >= 2, out[-3000:]  # stopped at least once, resubmitted by --retries
     assert all(r["ntasks"] == "2" for r in steps), rows
@@ -122,7 +64,7 @@ def test_training_chains_through_time_limits_on_two_ranks(workdir):
     # the same run without interruption, locally under torchrun
     (config,) = [p for p in (workdir / "results/config").glob("effective-*.yaml")
                  if yaml.safe_load(p.read_text())["train"]["steps"] == steps_total]
-    reference = _torchrun(workdir, config, workdir / "reference")
+    reference = torchrun(workdir, config, workdir / "reference", VARIANT)
     assert reference["resumed_from_step"] == 0
     assert [h["loss"] for h in summary["history"]] == [h["loss"] for h in reference["history"]]
     from mlflow.tracking import MlflowClient
