@@ -76,6 +76,7 @@ def test_placement_fills_whole_nodes_and_keeps_tp_groups_inside_them():
     assert tp16.srun_options() == "-N 2 -n 16 --ntasks-per-node 8"
     assert tp16.resources() == {"nodes": 2, "tasks_per_node": 8}
     assert place(32, 8, 2, "k").resources() == {"nodes": 4, "tasks_per_node": 8}
+    assert place(1024, 8, 2, "k").srun_options() == "-N 128 -n 1024 --ntasks-per-node 8"  # the authors' 7B layout
     assert place(2, 1, 2, "k").resources() == {"nodes": 2, "tasks": 2}  # the plugin refuses tasks_per_node 1
     with pytest.raises(ConfigError, match="12 ranks do not fill whole nodes of 8"):
         place(12, 8, 4, "train.nproc 12")
