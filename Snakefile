@@ -2,7 +2,17 @@
 # `snakemake --profile profiles/slurm` or `--profile profiles/frontier` submit to Slurm.
 from snakemake.utils import min_version
 
+from pipeline_src import config as pipeline_config
+
 min_version("9.0")
+
+
+# Read once by the project's loader first: an impossible date (2015-02-30) then names its file and
+# line instead of ending Snakemake's own YAML read in a traceback.
+try:
+    pipeline_config.read_yaml("config.yaml")
+except pipeline_config.ConfigError as err:
+    raise WorkflowError(f"invalid configuration: {err}")
 
 
 configfile: "config.yaml"

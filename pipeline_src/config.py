@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def validate_dict(raw: dict, source: str = "config") -> dict:
     cfg = copy.deepcopy(raw) if raw is not None else {}
     if isinstance(cfg.get("era5"), dict) and isinstance(cfg["era5"].get("years"), dict):
         cfg["era5"]["years"] = periods.normalise_dates(cfg["era5"]["years"])  # YAML reads 2015-06-01 as a date
+    targets_given = isinstance(cfg.get("forecast"), dict) and "targets" in cfg["forecast"]
     schema = load_schema()
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     # Defaults are filled while validating, so validate twice: the second pass checks
@@ -57,9 +59,44 @@ def validate_dict(raw: dict, source: str = "config") -> dict:
         if errors:
             err = errors[0]
             where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-            raise ConfigError(source, f"{where}: {err.message}")
+            raise ConfigError(source, f"{where}: {_reason(err)}")
+    if not targets_given:
+        _default_targets(cfg, source)
     _check_semantics(cfg, source)
     return cfg
+
+
+def _default_targets(cfg: dict, source: str) -> None:
+    """forecast.targets left out: the default targets that era5.channels holds, in the default's order."""
+    try:
+        names = [c.name for c in resolve_channels(cfg["era5"]["channels"])]
+    except ConfigError:
+        return  # reported by the semantic checks
+    present = [t for t in cfg["forecast"]["targets"] if t in names]
+    if not present and any(v["task"] == "forecast" for v in cfg["train"]["variants"]):
+        raise ConfigError(source, f"forecast.targets: none of the default targets {cfg['forecast']['targets']} is "
+                                  f"among era5.channels {names}; set forecast.targets to the channels to forecast")
+    cfg["forecast"]["targets"] = present or cfg["forecast"]["targets"]
+
+
+def _reason(err) -> str:
+    """The schema error in words. For a value that fits none of several forms (oneOf), the
+    reason it fails the form of its own kind (a list item in capitals, a number below the
+    minimum), or the forms it could take."""
+    if err.validator not in ("oneOf", "anyOf") or not err.context:
+        return err.message
+    wrong_kind = {e.schema_path[0] for e in err.context if e.validator in ("type", "const", "enum") and not e.path}
+    near = [e for e in err.context if e.schema_path[0] not in wrong_kind]
+    if not near:
+        forms = [", ".join(map(repr, sub["enum"])) if "enum" in sub else f"{sub.get('type', sub.get('const'))}"
+                 for sub in err.validator_value]
+        return f"{err.instance!r} is none of: {'; '.join(forms)}"
+    closest = max(near, key=lambda e: len(e.path))
+    value = closest.instance
+    if closest.validator == "pattern" and isinstance(value, str) and re.fullmatch(closest.validator_value, value.lower()):
+        return f"{value!r} is not a valid name: names are lower case ({value.lower()!r}?)"
+    where = "".join(f"[{p}]" for p in closest.path)
+    return f"{where + ': ' if where else ''}{closest.message}"
 
 
 SCALAR_TYPES = {"integer": int, "number": (int, float), "boolean": bool}
@@ -230,15 +267,46 @@ def _check_hyperspectral(hs: dict, source: str) -> None:
         raise ConfigError(source, "hyperspectral.splits: val + test must leave images for training")
 
 
-def load(path: str | Path) -> "Config":
-    """Read, default-fill and validate a YAML config file."""
+class _DateCheckingLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that an unquoted impossible date (2015-02-30) is an error that
+    says where it is, where PyYAML raises a bare ValueError."""
+
+
+class _BadDate(Exception):
+    pass
+
+
+def _timestamp(loader: yaml.SafeLoader, node):
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
+    except ValueError as err:
+        raise _BadDate(node.start_mark.line, node.value, err) from None
+
+
+_DateCheckingLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
+
+
+def read_yaml(path: str | Path):
+    """The YAML document at path; ConfigError naming the file for a missing file, bad YAML or an
+    impossible date (with its line)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        return yaml.load(text, Loader=_DateCheckingLoader)
     except FileNotFoundError:
         raise ConfigError(path, "config file not found") from None
     except yaml.YAMLError as err:
         raise ConfigError(path, f"not valid YAML ({err})") from None
+    except _BadDate as bad:
+        line, value, err = bad.args
+        raise ConfigError(path, f"line {line + 1}: {value} is not a date ({err}): "
+                                f"{text.splitlines()[line].strip()}") from None
+
+
+def load(path: str | Path) -> "Config":
+    """Read, default-fill and validate a YAML config file."""
+    path = Path(path)
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(path, "config must be a mapping at the top level")
     return Config(validate_dict(raw, str(path)))

@@ -77,16 +77,24 @@ def _client(mlflow_cfg: dict):
     return MlflowClient(tracking_uri=tracking_uri(mlflow_cfg))
 
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, prompts);
+# tagged as model development it opens on the runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if key not in exp.tags:  # experiments made before the tag
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     uri = client.tracking_uri
     location = None
     if uri.startswith("sqlite:///"):
         location = (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # created meanwhile by a concurrent job
         return client.get_experiment_by_name(name).experiment_id
 

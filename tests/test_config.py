@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -71,3 +73,35 @@ def test_nested_command_line_values_become_numbers():
         config.validate_dict({**SMALL, "train": {"steps": "many"}})
     with pytest.raises(ConfigError, match="train.steps: '4.5' is not of type 'integer'"):
         config.validate_dict({**SMALL, "train": {"steps": "4.5"}})
+
+
+@pytest.mark.parametrize("channels, message", [
+    (["z_500", "T2M"], "era5.channels: 'T2M' is not a valid name: names are lower case ('t2m'?)"),
+    ("papr", "era5.channels: 'papr' is none of: 'paper', 'tiny'; array"),
+    (["z_500", 5], "era5.channels: [1]: 5 is not of type 'string'"),
+])
+def test_channel_errors_say_why(channels, message):
+    raw = {"era5": {"source": "synthetic", "years": {"train": [2010], "val": [2011], "test": [2012]},
+                    "channels": channels}}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.validate_dict(raw)
+
+
+def test_an_impossible_date_names_file_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("era5:\n  source: synthetic\n  years:\n    train: [2010]\n    val: [2011]\n"
+                    "    test: {start: 2015-02-01, end: 2015-02-30}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: line 6: 2015-02-30 is not a date (day is out of range "
+                                                    "for month): test: {start: 2015-02-01, end: 2015-02-30}")):
+        config.load(path)
+
+
+def test_forecast_targets_follow_the_channels_unless_given():
+    raw = {"era5": {"source": "synthetic", "years": {"train": [2010], "val": [2011], "test": [2012]},
+                    "channels": ["z_500", "t_850", "t2m", "lsm"]}}
+    assert config.validate_dict(raw)["forecast"]["targets"] == ["z_500", "t_850", "t2m"]
+    with pytest.raises(ConfigError, match=re.escape("forecast.targets: ['u10'] are not among era5.channels")):
+        config.validate_dict({**raw, "forecast": {"targets": ["z_500", "u10"]}})
+    only_static = {"era5": dict(raw["era5"], channels=["lsm", "q_850"])}
+    with pytest.raises(ConfigError, match=re.escape("none of the default targets [")):
+        config.validate_dict(only_static)

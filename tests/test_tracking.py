@@ -38,6 +38,7 @@ def test_records_become_child_runs(tmp_path, mlcfg, monkeypatch):
 
     client = MlflowClient(mlcfg["tracking_uri"])
     exp = client.get_experiment_by_name("t")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # `mlflow ui` opens on the runs
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
     assert set(runs) == {"wf", "era5_regrid pressure 2010", "era5_assemble"}
     assert runs["wf"].info.status == "FAILED" and runs["wf"].data.params["api_key"] == "***"

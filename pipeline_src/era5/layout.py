@@ -151,10 +151,20 @@ def _checked(ds: xr.Dataset, path: Path, group: str, need: dict, grid_deg: float
         log.info("%s: no time step of %s (%s) at hours %s; skipped", path, period, _span(want), hours)
         return None
     if len(keep) < len(times):
-        log.info("%s: ignoring %d time steps outside %s (%s) at hours %s", path, len(times) - len(keep),
-                 period, _span(want), hours)
+        log.info("%s: ignoring %s", path, _dropped(times.difference(keep), want, period, hours))
         ds = ds.sel(time=keep)
     return ds
+
+
+def _dropped(dropped: pd.DatetimeIndex, want: pd.DatetimeIndex, period: str, hours: list[int]) -> str:
+    """Why time steps of a file are not used: on days no split wants, or at hours not in era5.hours."""
+    off_hour = dropped[dropped.normalize().isin(want.normalize().unique())]
+    reasons = []
+    if len(dropped) > len(off_hour):
+        reasons.append(f"{len(dropped) - len(off_hour)} on days outside {period} ({_span(want)})")
+    if len(off_hour):
+        reasons.append(f"{len(off_hour)} at hours {sorted(set(off_hour.hour))} (era5.hours keeps {hours})")
+    return f"{len(dropped)} time step(s): " + ", ".join(reasons)
 
 
 def _combine(pieces, paths: list[Path], group: str, need: dict, hours: list[int], period: str,

@@ -156,7 +156,23 @@ def _open_envi(header: Path, data: Path, wavelengths_required: bool = True) -> C
     except Exception as err:  # SPy raises its own error types
         raise InputError(data, f"SPy cannot map the cube ({type(err).__name__}: {err})") from None
     close = lambda: spy._mmap.close() if getattr(spy, "_mmap", None) is not None else None  # noqa: E731
-    return Cube(data, lines, samples, bands, wl, interleave, dtype, "envi", lambda a, b: spy[a:b], close)
+    return Cube(data, lines, samples, bands, wl, interleave, dtype, "envi", lambda a, b: spy[a:b], close,
+                bit_depth=_envi_bit_depth(header, meta, dtype))
+
+
+def _envi_bit_depth(header: Path, meta: dict, dtype: np.dtype) -> int | None:
+    """The sensor's bits when an ENVI header states fewer than its integer words hold (`nbits = 12`,
+    or `bit depth`, as some cameras write), else None."""
+    stated = meta.get("nbits", meta.get("bit depth"))
+    if stated is None or dtype.kind not in "ui":
+        return None
+    try:
+        bits = int(str(stated).strip())
+    except ValueError:
+        raise InputError(header, f"nbits {stated!r} is not a number of bits") from None
+    if not 1 <= bits <= dtype.itemsize * 8:
+        raise InputError(header, f"nbits {bits} does not fit the {dtype.itemsize * 8}-bit data type")
+    return bits if bits < dtype.itemsize * 8 else None
 
 
 _CAMERA_KEY = re.compile(r"^\s*([A-Z_]+)\s*[=:]?\s*(.*?)\s*$")

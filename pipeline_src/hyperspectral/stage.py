@@ -39,14 +39,19 @@ def _check_pair(cube: Cube, ref: Cube, role: str) -> None:
         raise InputError(where, f"{role} reference wavelengths differ from {cube.path.name}'s")
 
 
-def _open_reference(path, raw: Path, role: str, datasets: dict) -> Cube:
-    """A white or dark reference: its own file, or a dataset beside the scene in the scene's HDF5 file."""
-    shared = Path(path).resolve() == Path(raw).resolve()
+def _open_reference(path, scene: Cube, role: str, datasets: dict) -> Cube:
+    """A white or dark reference: its own file, or a dataset beside the scene in the scene's HDF5
+    file, never the scene's own dataset (whether named in the config or found by convention)."""
+    shared = Path(path).resolve() == Path(scene.path).resolve()
     if shared and Path(path).suffix.lower() not in HDF5_SUFFIXES:
         raise InputError(path, f"the {role} reference is the scene's own file; give the {role} reference's file")
-    if shared and datasets.get(role) is not None and datasets.get(role) == datasets.get("raw"):
-        raise InputError(path, f"the {role} reference dataset is the scene's ({datasets[role]!r})")
-    return open_cube(path, datasets.get(role), role, shared, wavelengths_required=False)
+    ref = open_cube(path, datasets.get(role), role, shared, wavelengths_required=False)
+    if shared and ref.dataset == scene.dataset:
+        ref.close()
+        raw = f"datasets.raw {datasets['raw']!r}" if datasets.get("raw") else "the scene found by default"
+        raise InputError(path, f"the {role} reference dataset {ref.dataset!r} is the scene's ({raw}); name the "
+                               f"scene's dataset in hyperspectral.files[].datasets.raw")
+    return ref
 
 
 def band_plan(wavelengths: np.ndarray, bands_cfg: dict):
@@ -78,8 +83,8 @@ def preprocess_image(raw: str | Path, white: str | Path, dark: str | Path, hs: d
     """
     start_t = time.perf_counter()
     datasets = datasets or {}
-    with (open_cube(raw, datasets.get("raw")) as cube, _open_reference(white, Path(raw), "white", datasets) as w,
-          _open_reference(dark, Path(raw), "dark", datasets) as d):
+    with (open_cube(raw, datasets.get("raw")) as cube, _open_reference(white, cube, "white", datasets) as w,
+          _open_reference(dark, cube, "dark", datasets) as d):
         expected = hs["bands"]["expected"]
         if expected and cube.bands != expected:
             raise InputError(cube.path, f"has {cube.bands} bands; hyperspectral.bands.expected is {expected}")

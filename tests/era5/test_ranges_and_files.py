@@ -239,3 +239,18 @@ def test_match_files_returns_an_unmatched_pattern_as_is(tmp_path):
     assert match_files([str(tmp_path / "*.nc"), str(tmp_path / "a.nc")], "static", "static", years) == \
         [str(tmp_path / "a.nc"), str(tmp_path / "b.nc")]
     assert match_files(str(tmp_path / "x_{year}.nc"), "single", "2011", years) == [str(tmp_path / "x_2011.nc")]
+
+
+def test_dropped_steps_are_logged_with_their_reason(tmp_path, caplog):
+    import logging
+
+    cfg = _files_config(tmp_path)
+    need = cfg.required["single"]
+    times = _days("2009-12-30", "2010-12-31").union(pd.date_range("2010-03-01 12:00", periods=31, freq="D"))
+    path = _write(_era5_xarray("single", times, need["vars"]), tmp_path / "s.nc")
+    caplog.set_level(logging.INFO, logger="pipeline_src.era5.layout")
+    with open_raw([path], "single", need, 10.0, [0], "2010", years=cfg.era5["years"]) as ds:
+        assert ds.sizes["time"] == 365
+    (line,) = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert line.endswith("ignoring 33 time step(s): 2 on days outside 2010 (2010-01-01 to 2010-12-31), "
+                         "31 at hours [12] (era5.hours keeps [0])"), line

@@ -14,6 +14,7 @@ from pipeline_src.config import validate_dict
 from pipeline_src.hyperspectral.readers import cube_files, open_cube
 from pipeline_src.hyperspectral.stage import make_tiles, preprocess_image
 from pipeline_src.hyperspectral.synthetic import make_scene
+from pipeline_src.hyperspectral.writers import write_envi
 from pipeline_src.io import InputError
 from tests.conftest import SMALL
 
@@ -125,8 +126,12 @@ def test_hdf5_reference_refusals(scene, tmp_path):
         preprocess_image(alone, alone, white, _hs(), *out)
     with pytest.raises(InputError, match=r"alone.h5: no 3-D dataset 'wref' for the white cube"):
         preprocess_image(alone, alone, white, _hs(), *out, {"white": "wref"})
-    with pytest.raises(InputError, match=r"the dark reference dataset is the scene's \('cube'\)"):
+    with pytest.raises(InputError, match=r"the dark reference dataset 'cube' is the scene's \(datasets.raw 'cube'\)"):
         preprocess_image(alone, white, alone, _hs(), *out, {"raw": "cube", "dark": "cube"})
+    # the scene left to its default ('cube') and the reference named as that same dataset
+    with pytest.raises(InputError, match=r"alone.h5: the white reference dataset 'cube' is the scene's \(the scene "
+                                         r"found by default\); name the scene's dataset"):
+        preprocess_image(alone, alone, white, _hs(), *out, {"white": "cube"})
     envi_like = _camera(tmp_path, "leaf", scene.raw, scene.wavelengths)
     with pytest.raises(InputError, match="leaf.bil: the white reference is the scene's own file"):
         preprocess_image(envi_like, envi_like, white, _hs(), *out)
@@ -160,3 +165,21 @@ def test_empty_splits_warn_or_refuse(scene, tmp_path, caplog):
     with pytest.raises(InputError, match=r"the train split is empty: its 2 image\(s\) give no tile with at "
                                          r"least 99% plant pixels"):
         make_tiles(images, strict, tmp_path / "tiles2", {"train": "training of mae-x"})
+
+
+def test_envi_nbits_sets_the_saturation_level(scene, tmp_path):
+    """An ENVI header's `nbits = 12` (uint16 words): the white reference is checked against 4095."""
+    def envi(stem, counts, nbits="12"):
+        data = write_envi(tmp_path / f"{stem}.hdr", np.rint(counts), scene.wavelengths)
+        header = tmp_path / f"{stem}.hdr"
+        header.write_text(header.read_text() + f"nbits = {nbits}\n")
+        return data
+
+    raw, dark = envi("leaf", scene.raw), envi("leaf_dark", scene.dark)
+    with open_cube(raw) as cube:
+        assert cube.fmt == "envi" and cube.bit_depth == 12 and cube.max_value == 4095
+    hot = envi("hot_white", np.minimum(scene.white * 1.3, 4095))
+    with pytest.raises(InputError, match=r"hot_white.raw: white reference is saturated: .*sensor maximum 4095"):
+        preprocess_image(raw, hot, dark, _hs(), tmp_path / "o.zarr", tmp_path / "o.json")
+    with pytest.raises(InputError, match=r"odd.hdr: nbits 20 does not fit the 16-bit data type"):
+        open_cube(envi("odd", scene.raw, "20"))
