@@ -7,15 +7,17 @@ from pipeline_src import config as pipeline_config
 min_version("9.0")
 
 
-# Read once by the project's loader first: an impossible date (2015-02-30) then names its file and
-# line instead of ending Snakemake's own YAML read in a traceback.
-try:
-    pipeline_config.read_yaml("config.yaml")
-except pipeline_config.ConfigError as err:
-    raise WorkflowError(f"invalid configuration: {err}")
+# `--configfile my.yaml` replaces config.yaml (it is not laid on top of it): a run of my.yaml is
+# exactly what `dchag config --config my.yaml` shows. `--config KEY=VALUE` overrides either.
+# config.yaml is read by the project's loader first, so that an impossible date (2015-02-30)
+# names its file and line instead of ending Snakemake's own YAML read in a traceback.
+if not workflow.config_settings.configfiles:
+    try:
+        pipeline_config.read_yaml("config.yaml")
+    except pipeline_config.ConfigError as err:
+        raise WorkflowError(f"invalid configuration: {err}")
 
-
-configfile: "config.yaml"
+    configfile: "config.yaml"
 
 
 # Validated once, against workflow/schemas/config.schema.yaml, in workflow/rules/common.smk.

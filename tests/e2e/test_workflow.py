@@ -439,3 +439,18 @@ def test_a_dry_run_with_another_config_leaves_live_jobs_config_alone(workflow_ru
     assert {k: after[k] for k in before} == before  # the file running jobs read is untouched
     (new,) = set(after) - set(before)
     assert yaml.safe_load(after[new])["train"]["steps"] == 7
+
+
+def test_a_configfile_replaces_config_yaml_and_is_what_dchag_config_shows(tmp_path):
+    (tmp_path / "config.yaml").write_text((REPO_ROOT / "config.yaml").read_text())  # bands.bin 5, four variants
+    mine = {"run_name": "mine", "era5": dict(TINY["era5"], channels=["z_500", "t_850", "t2m", "lsm"]),
+            "train": {"steps": 7}}
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(mine))
+    snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "my.yaml"))
+    (effective,) = (tmp_path / "results/config").glob("effective-*.yaml")
+    shown = subprocess.run([sys.executable, "-m", "pipeline_src.cli", "config", "--config", str(tmp_path / "my.yaml")],
+                           capture_output=True, text=True, check=True, env=local_env())
+    ran = yaml.safe_load(effective.read_text())
+    assert ran == yaml.safe_load(shown.stdout)
+    assert ran["hyperspectral"]["bands"]["bin"] == 1 and len(ran["train"]["variants"]) == 3  # schema defaults
+    assert ran["forecast"]["targets"] == ["z_500", "t_850", "t2m"] and ran["train"]["steps"] == 7
