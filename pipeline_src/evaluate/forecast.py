@@ -98,9 +98,20 @@ def check_compatible(path: Path, meta: dict, data: VerificationData) -> tuple[Mo
     return spec, transform
 
 
-def run_forecast_eval(job: ForecastEval) -> tuple[Scores | None, dict | None, VerificationData]:
+@dataclass
+class Forecasts:
+    """The forecasts themselves, in physical units: (init, lead, target, lat, lon), sorted by init."""
+
+    init_times: np.ndarray
+    fields: np.ndarray
+    lead_hours: list[int]
+    targets: list[str]
+    units: list[str]
+
+
+def run_forecast_eval(job: ForecastEval) -> tuple[Scores | None, dict | None, VerificationData, Forecasts | None]:
     """Forecast and score every selected init on this rank's share; rank 0 returns the merged
-    Scores and the first init's example fields (other ranks return None)."""
+    Scores, the first init's example fields and every forecast (other ranks return None)."""
     mesh, device = start(job.tp, job.fsdp, job.dp, job.expected_world)
     data = VerificationData(job.assembled, job.split)
     meta = ckpt.read_meta(job.checkpoint)
@@ -111,7 +122,7 @@ def run_forecast_eval(job: ForecastEval) -> tuple[Scores | None, dict | None, Ve
     targets = transform.target_index
     scores = Scores(meta.get("variant", "model"), [round(d * 24) for d in job.lead_days],
                     list(transform.targets), [data.units.get(t, "") for t in transform.targets], data.weights)
-    example = None
+    example, made = None, []
     leads = torch.tensor(job.lead_days, dtype=torch.float32)
     bar = progress(is_main(), n_batches, scores.system)
     with torch.no_grad():
@@ -128,20 +139,25 @@ def run_forecast_eval(job: ForecastEval) -> tuple[Scores | None, dict | None, Ve
             fc = fc.reshape(truth.shape)
             if real and scoring:
                 scores.add(data.times[chunk].values, fc, truth, clim)
+                made.append((data.times[chunk].values, fc.astype(np.float32)))
                 if inits[0] in chunk:
                     i = chunk.index(inits[0])
                     example = {"init_time": str(data.times[inits[0]]), "forecast": fc[i], "truth": truth[i]}
             bar.update(1)
     bar.close()
-    states = gather((scores.state() if scoring else None, example))
+    states = gather((scores.state() if scoring else None, example, made))
     if not is_main():
-        return None, None, data
+        return None, None, data, None
     merged = Scores(scores.system, scores.lead_hours, scores.variables, scores.units, scores.weights)
-    for state, ex in states:
+    for state, ex, _ in states:
         if state is not None:
             merged.merge(state)
         example = example or ex
-    return merged, example, data
+    times = np.concatenate([t for *_, parts in states for t, _ in parts])
+    fields = np.concatenate([f for *_, parts in states for _, f in parts])
+    order = np.argsort(times)
+    forecasts = Forecasts(times[order], fields[order], scores.lead_hours, scores.variables, scores.units)
+    return merged, example, data, forecasts
 
 
 def baseline_scores(data: VerificationData, lead_days: list[float], stride: int, targets: list[str],

@@ -17,7 +17,7 @@ from .. import tracking
 from ..config import Config
 from ..io import InputError, atomic_path, read_json, write_json
 from ..parallel.mesh import is_main
-from . import plots
+from . import plots, wb2
 from .forecast import ForecastEval, VerificationData, baseline_scores, run_forecast_eval
 from .mae import MaeEval, run_mae_eval
 from ..model.mae_objective import TRIVIAL
@@ -65,6 +65,16 @@ def write_system(scores: Scores, example: dict | None, data: VerificationData, o
     return rows
 
 
+def write_forecasts(forecasts, data: VerificationData, folder: Path) -> None:
+    """forecast.zarr and truth.zarr in WeatherBench2's layout (evaluate/wb2.py)."""
+    ds = wb2.wb2_dataset(forecasts.fields, forecasts.init_times, forecasts.targets, forecasts.units,
+                         data.split.latitudes, data.split.longitudes, forecasts.lead_hours)
+    ds.attrs = {"source": "D-CHAG pipeline evaluation", "conventions": "WeatherBench2 forecast layout"}
+    wb2.write_wb2(ds, folder / "forecast.zarr")
+    truth = wb2.truth_dataset(data, forecasts.init_times, forecasts.lead_hours, forecasts.targets, forecasts.units)
+    wb2.write_wb2(truth, folder / "truth.zarr")
+
+
 def evaluate_forecaster(cfg: Config, variant: str, checkpoint: str, assembled: str, out_dir: str,
                         rule: str | None) -> None:
     """All ranks: forecast the test split from the checkpoint; rank 0 writes and logs."""
@@ -77,9 +87,10 @@ def evaluate_forecaster(cfg: Config, variant: str, checkpoint: str, assembled: s
               "lead_days": job.lead_days, "mesh": mesh}
     start = time.perf_counter()
     with tracking.stage_run(cfg.mlflow, "evaluate", rule, params, wildcards={"variant": variant}) as run:
-        scores, example, data = run_forecast_eval(job)
+        scores, example, data, forecasts = run_forecast_eval(job)
         if is_main():
             rows = write_system(scores, example, data, Path(out_dir), variant)
+            write_forecasts(forecasts, data, Path(out_dir) / "data")
             _log_rows(run, rows)
             run.set_tags({"metric_conventions": CONVENTIONS})
             run.log_metrics({"seconds": time.perf_counter() - start, "n_inits": scores.count})

@@ -235,6 +235,11 @@ def test_evaluation_outputs_and_tracking(workflow_run):
     assert (ev / "forecast-dchag-L/plots/example_0024h.png").stat().st_size > 1000
     with xr.open_dataset(ev / "forecast-dchag-L/data/per_init.nc") as ds:
         assert ds.sizes["init_time"] == len(range(0, 364 - 4, 5))  # Jan-Jun 2012 at 0 and 12 UTC, leads 1 and 2 days
+    for name in ("forecast-tp-baseline", "forecast-dchag-L"):  # the forecasts in WeatherBench2's layout
+        with xr.open_zarr(ev / name / "data/forecast.zarr") as fc:
+            assert fc.sizes["time"] == len(range(0, 364 - 4, 5)) and fc.sizes["prediction_timedelta"] == 2
+            assert set(fc.data_vars) == {"geopotential", "2m_temperature"}
+        assert (ev / name / "data/truth.zarr/.zmetadata").is_file()
     card = (ev / "scorecard.md").read_text()
     for name in VARIANTS + ["climatology", "persistence"]:
         assert f"| {name} |" in card

@@ -162,3 +162,40 @@ def test_cli_names_a_missing_checkpoint_in_one_line(assembled_era5, tmp_path):
     assert proc.returncode == 2
     assert "error: evaluate.nproc: configured for 2 ranks, launched with 1: no launcher variables" in proc.stderr
     assert not (tmp_path / "ev" / "metrics.csv").exists()
+
+
+@pytest.mark.timeout(300)
+def test_forecasts_exported_in_weatherbench2_layout_give_the_scorecard_rmse(tp2_checkpoint, tmp_path):
+    """forecast.zarr / truth.zarr as WB2's evaluate.py reads them (field notes, Metrics); the RMSE
+    recomputed from these files alone, with WB2's cell-area weights, equals the evaluation's."""
+    out, final = tp2_checkpoint
+    job = ForecastEval(final, out, LEADS, init_stride=29, batch=3, tp=1, dp="auto")
+    run_local(workers.evaluate_forecast, 2, job, str(tmp_path / "per_init.nc"), str(tmp_path / "wb2"))
+    with xr.open_zarr(tmp_path / "wb2/forecast.zarr") as fc, xr.open_zarr(tmp_path / "wb2/truth.zarr") as obs:
+        fc, obs = fc.load(), obs.load()
+    assert set(fc.data_vars) == {"geopotential", "2m_temperature"}
+    assert fc["geopotential"].dims == ("time", "prediction_timedelta", "level", "latitude", "longitude")
+    assert fc["2m_temperature"].dims == ("time", "prediction_timedelta", "latitude", "longitude")
+    assert list(fc["level"].values) == [500] and fc["geopotential"].attrs["units"] == "m2 s-2"
+    assert list(fc["prediction_timedelta"].values) == list(np.array([24, 72], "timedelta64[h]").astype("timedelta64[ns]"))
+    lat = fc["latitude"].values
+    assert np.all(np.diff(lat) > 0) and fc["longitude"].min() >= 0 and fc["longitude"].max() < 360
+    assert np.all(np.diff(fc["time"].values) > np.timedelta64(0))  # both ranks' inits, in order
+    assert fc["2m_temperature"].mean() > 200  # kelvin, not normalised units
+    # WB2's convention, from the files alone: cell-area weights (sin of the cell edges), MSE per
+    # time, mean over time, square root
+    edges = np.clip(np.concatenate([[-90.0], (lat[1:] + lat[:-1]) / 2, [90.0]]), -90, 90)
+    w = np.diff(np.sin(np.deg2rad(edges)))
+    w = (w / w.mean())[:, None]
+    with xr.open_dataset(tmp_path / "per_init.nc") as per:
+        per = per.load()
+    for name, channel in (("geopotential", "z_500"), ("2m_temperature", "t2m")):
+        f = fc[name].sel(level=500) if name == "geopotential" else fc[name]
+        o = obs[name].sel(level=500) if name == "geopotential" else obs[name]
+        for li, lead in enumerate(f["prediction_timedelta"].values):
+            valid = f["time"].values + lead
+            err = f.isel(prediction_timedelta=li).values - o.sel(time=valid).values
+            rmse = np.sqrt(((err ** 2) * w).mean(axis=(1, 2)).mean())
+            expected = aggregate({k: per[k].sel(variable=channel).values[:, li] for k in ("mse", "acc", "bias", "pearson")},
+                                 axis=0)["rmse"]
+            np.testing.assert_allclose(rmse, expected, rtol=1e-5, err_msg=f"{name} at {lead}")
