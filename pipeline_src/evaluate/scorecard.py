@@ -102,6 +102,8 @@ def markdown(rows: list[dict], diffs: list[dict], meta: dict, mae: dict[str, dic
              f"({meta['first_init']} to {meta['last_init']}, every {meta['init_stride']}th), "
              f"leads {', '.join(f'{h / 24:g} d' for h in meta['lead_hours'])}. Physical units.", "",
              f"Conventions: {CONVENTIONS}", ""]
+    if meta.get("note"):
+        lines[2:2] = [f"**{meta['note']}**", ""]
     if not df.empty:
         systems = list(dict.fromkeys(df["variant"]))
         head = df[df.metric == "rmse"]

@@ -193,7 +193,8 @@ def make_scorecard(cfg: Config, eval_root: str, train_root: str, out_dir: str, r
     first = next(iter(systems.values()))
     meta = {"run_name": cfg.data["run_name"], "split": ev["split"], "n_inits": int(first.sizes["init_time"]),
             "first_init": str(first["init_time"].values[0])[:10], "last_init": str(first["init_time"].values[-1])[:10],
-            "init_stride": ev["init_stride"], "lead_hours": [int(h) for h in first["lead_hours"].values]}
+            "init_stride": ev["init_stride"], "lead_hours": [int(h) for h in first["lead_hours"].values],
+            "note": ev["note"]}
     with tracking.stage_run(cfg.mlflow, "scorecard", rule, {"systems": list(systems), "mae": list(mae),
                                                               "bootstrap": ev["bootstrap"]}) as run:
         with atomic_path(out / "scorecard.md") as tmp:

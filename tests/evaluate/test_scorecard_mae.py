@@ -49,6 +49,9 @@ def test_scorecard_lists_every_system_with_intervals():
         assert f"| {name} |" in md
     assert "WeatherBench2" in md and "ClimaX" in md and "block bootstrap" in md
     assert "| fc-dchag | fc-tp | z_500 | 7 d |" in md
+    assert "Smoke" not in md
+    noted = markdown(rows, diffs, {**meta, "note": "Smoke-size run."}, {})
+    assert noted.splitlines()[2] == "**Smoke-size run.**"  # right under the title
 
 
 def test_systems_on_different_inits_are_refused():
