@@ -25,9 +25,12 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_config(args) -> None:
-    """Validate a config file and print it with defaults filled in."""
+    """Validate a config file and print it with defaults filled in (or print the key reference)."""
     import yaml
 
+    if args.reference:
+        print(config_mod.reference_markdown(), end="")
+        return
     cfg = config_mod.load(args.config)
     print(yaml.safe_dump(cfg.data, sort_keys=False), end="")
 
@@ -316,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="validate a config and print it with defaults")
     c.add_argument("--config", default="config.yaml")
+    c.add_argument("--reference", action="store_true", help="print every key of the schema as a Markdown table")
     c.set_defaults(func=cmd_config)
 
     era5 = sub.add_parser("era5", help="ERA5 stages").add_subparsers(dest="stage", required=True)

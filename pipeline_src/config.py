@@ -368,6 +368,47 @@ class Config:
         return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def reference_markdown() -> str:
+    """The configuration reference as a Markdown table, generated from the schema: every key with
+    its type, default and description (docs/configuration.md holds it; a test keeps them equal)."""
+    schema = load_schema()
+    rows = ["| key | type | default | description |", "|---|---|---|---|"]
+
+    def kind(sub: dict) -> str:
+        if "$ref" in sub:
+            sub = schema["$defs"][sub["$ref"].split("/")[-1]]
+        if "enum" in sub:
+            return " \\| ".join(f"`{v}`" for v in sub["enum"])
+        if "const" in sub:
+            return f"`{sub['const']}`"
+        for key in ("oneOf", "anyOf"):
+            if key in sub:
+                return " or ".join(kind(branch) for branch in sub[key])
+        t = sub.get("type", "")
+        if t == "array" and isinstance(sub.get("items"), dict):
+            return f"list of {kind(sub['items']) or 'items'}"
+        return t if isinstance(t, str) else " or ".join(t)
+
+    def walk(props: dict, prefix: str) -> None:
+        for key, sub in props.items():
+            name = f"{prefix}{key}"
+            default = "" if "default" not in sub or isinstance(sub["default"], dict) and sub["default"] == {} \
+                else f"`{json.dumps(sub['default'])}`"
+            text = " ".join(str(sub.get("description", "")).split()).replace("|", "\\|")
+            rows.append(f"| `{name}` | {kind(sub)} | {default} | {text} |")
+            if sub.get("type") == "object" and "properties" in sub:
+                walk(sub["properties"], f"{name}.")
+            items = sub.get("items")
+            if sub.get("type") == "array" and isinstance(items, dict) and "properties" in items:
+                walk(items["properties"], f"{name}[].")
+            for branch in sub.get("oneOf", []):
+                if branch.get("type") == "object" and "properties" in branch:
+                    walk(branch["properties"], f"{name}.")
+
+    walk(schema["properties"], "")
+    return "\n".join(rows) + "\n"
+
+
 def _dig(d: dict, dotted: str):
     for part in dotted.split("."):
         d = d[part]
