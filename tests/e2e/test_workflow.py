@@ -4,6 +4,7 @@ import atexit
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,18 @@ def test_outputs(workflow_run):
     assert (out / "normalization.json").exists() and (out / "climatology.zarr").is_dir()
     assert (wd / "results/era5/regridded/pressure/2011.png").stat().st_size > 1000
     assert not list(wd.rglob(".*.tmp-*"))  # no temporaries left
+
+
+def test_snakemake_report_renders_every_section(workflow_run, tmp_path):
+    """`snakemake --report` builds one self-contained HTML file holding every category of plots."""
+    wd, _ = workflow_run
+    snakemake(wd, "--report", str(tmp_path / "report.html"))
+    html = (tmp_path / "report.html").read_text()
+    for category in ("ERA5 regridding", "Hyperspectral", "Training", "Evaluation", "Memory and throughput"):
+        assert category in html, category
+    for name in ("loss.png", "scorecard.csv", "measured.csv", "spectra.png"):
+        assert name in html, name
+    assert not re.findall(r'(?:src|href)="https?://', html)  # nothing fetched when opened offline
 
 
 def test_mlflow_parent_and_children(workflow_run):
