@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv pipeline test test-fast bench bench-frontend bench-loader bench-mae bench-oracles bench-hyperspectral dryrun-slurm clean
+.PHONY: venv pipeline test mlflow-screenshot test-fast bench bench-frontend bench-loader bench-mae bench-oracles bench-hyperspectral dryrun-slurm clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,9 @@ bench-oracles: $(STAMP)
 
 dryrun-slurm: $(STAMP)
 	$(VENV)/bin/snakemake --profile profiles/slurm -n
+
+mlflow-screenshot: $(STAMP)
+	bash workflow/scripts/mlflow_screenshot.sh $(ARGS)
 
 clean:
 	rm -rf results resources logs .snakemake
