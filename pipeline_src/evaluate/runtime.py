@@ -51,12 +51,12 @@ def share(items: list, mesh, batch: int) -> tuple[list, int, bool]:
     return items[shard::shards], passes, mesh["tp"].get_local_rank() == 0
 
 
-def gather(obj) -> list:
-    """Every rank's obj, in rank order, on every rank."""
+def gather(obj) -> list | None:
+    """Every rank's obj, in rank order, on rank 0 (which alone writes results); None elsewhere."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
     return out
 
 

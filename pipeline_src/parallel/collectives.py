@@ -21,8 +21,7 @@ class _GatherPartitions(torch.autograd.Function):
         # Gather along dim 0 (contiguous per rank), then move partitions back to dim 1.
         send = local.transpose(0, 1).contiguous()
         out = send.new_empty((world * send.shape[0], *send.shape[1:]))
-        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-        gather(out, send, group=group)
+        dist.all_gather_into_tensor(out, send, group=group)
         return out.transpose(0, 1).contiguous()
 
     @staticmethod

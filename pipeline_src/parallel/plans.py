@@ -1,7 +1,9 @@
 """Apply D-CHAG channel partitioning, DTensor tensor parallelism and FSDP2 to a model.
 
-The model is built whole and identically on every rank (same seed); this module then
-cuts it down to the rank's share, torchtitan style: parallelism from the outside.
+The model is built on the meta device (no memory), cut down here to the rank's share,
+torchtitan style (parallelism from the outside), and only then materialised with each
+parameter's seeded initial value (parallel/materialize.py: a rank holds its shard of each
+weight, plus one full parameter at a time while that one is initialised).
 """
 
 from __future__ import annotations

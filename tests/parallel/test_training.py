@@ -204,3 +204,20 @@ def test_async_checkpoints_equal_sync_ones_and_a_crash_mid_save_keeps_the_previo
     assert [h["loss"] for h in meta_a["history"]] == [h["loss"] for h in meta_b["history"]]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(p.name for p in _latest(background).parent.iterdir()) == ["step_00000004", "step_00000006"]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fsdp", [1, 2])
+def test_bf16_with_tensor_parallelism_tracks_fp32(tmp_path, fsdp):
+    """bf16 on real TP ranks: autocast over DTensor TP 2, and FSDP2's MixedPrecisionPolicy on a
+    TP 2 x FSDP 2 mesh (bf16 parameters, all-gathers and TP collectives, fp32 reduction)."""
+    world = 2 * fsdp
+    fp32 = workers.train_job(tmp_path, "fp32", tp=2, fsdp=fsdp, steps=6, precision="fp32")
+    bf16 = workers.train_job(tmp_path, "bf16", tp=2, fsdp=fsdp, steps=6, precision="bf16")
+    run_local(workers.train, world, fp32)
+    run_local(workers.train, world, bf16)
+    a, b = _history(fp32), _history(bf16)
+    assert a != b  # bf16 really changed the arithmetic
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=5e-2, atol=1e-3)
+    weights, _ = _weights(bf16.final_dir)
+    assert all(w.dtype == torch.float32 for w in weights.values())  # fp32 master weights
