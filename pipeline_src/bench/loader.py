@@ -3,8 +3,11 @@
 Reads through the same DataLoader, workers and batch function as training: a tp-baseline
 rank reads every input channel, a D-CHAG rank only its partitions' channels. Consumption
 comes from a training summary (samples/s of the whole run, divided over its data-parallel
-shards: every TP rank of a shard reads the same samples). --synthetic-channels writes an
-assembled-format store with that many channels first (the paper-like setup: 80).
+shards: every TP rank of a shard reads the same samples). Bytes read per rank are counted
+below the Zarr reader (compressed bytes and shard indexes, fields and climatology) over the
+same micro-batches with the in-memory cache off, so every sample is read from disk.
+--synthetic-channels writes an assembled-format store with that many channels first (the
+paper-like setup: 80), in the assemble stage's chunking.
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from collections import Counter
+
+from ..datasets.counting import CountingStore
 from ..datasets.era5 import ERA5Forecast
 from ..datasets.loader import step_loader
+from ..era5.assemble import climatology_encoding, fields_encoding
 from ..model.aggregation import partition_bounds
 
 
@@ -34,10 +41,14 @@ def write_store(folder: Path, channels: int, days: int, grid: tuple[int, int] = 
     coords = {"channel": names, "latitude": lat, "longitude": lon}
     fields = rng.standard_normal((days, channels, *grid), dtype=np.float32)
     xr.Dataset({"fields": (("time", "channel", "latitude", "longitude"), fields)},
-               coords={"time": times, **coords}).to_zarr(folder / "train.zarr", mode="w")
+               coords={"time": times, **coords}).to_zarr(folder / "train.zarr", mode="w", zarr_format=3,
+                                                         consolidated=False,
+                                                         encoding={"fields": fields_encoding(64, grid)})
     clim = np.zeros((366, 1, channels, *grid), dtype=np.float32)
     xr.Dataset({"climatology": (("dayofyear", "hour", "channel", "latitude", "longitude"), clim)},
-               coords={"dayofyear": np.arange(1, 367), "hour": [0], **coords}).to_zarr(folder / "climatology.zarr", mode="w")
+               coords={"dayofyear": np.arange(1, 367), "hour": [0], **coords}).to_zarr(
+        folder / "climatology.zarr", mode="w", zarr_format=3, consolidated=False,
+        encoding={"climatology": climatology_encoding(1, grid)})
     ones = [1.0] * channels
     (folder / "normalization.json").write_text(json.dumps(
         {"channels": names, "mean": [0.0] * channels, "std": ones, "anomaly_std": ones, "static_channels": []}))
@@ -58,6 +69,20 @@ def loader_rate(data: ERA5Forecast, channels: slice | None, micro_batch: int, st
     return steps * micro_batch / (time.perf_counter() - start)
 
 
+def bytes_per_sample(assembled: str, targets: list[str], channels: slice | None, micro_batch: int,
+                     steps: int) -> float:
+    """Bytes one rank reads from the stores per sample, cache off (every sample from disk)."""
+    counts = Counter()
+    data = ERA5Forecast(assembled, "train", targets, [1.0], cache_bytes=0,
+                        wrap=lambda path: CountingStore(path, counts))
+    data.use_inputs(channels)
+    counts.clear()  # opening read the coordinates and metadata
+    for step in range(steps):
+        data.batch(0, step, 0, micro_batch, slice(0, micro_batch), channels)
+    data.close()
+    return sum(n for key, n in counts.items() if key.startswith(("fields/", "climatology/"))) / (steps * micro_batch)
+
+
 def run(a: argparse.Namespace) -> dict:
     """Measure the loader for a baseline rank and a D-CHAG rank; compare with training's consumption."""
     data = ERA5Forecast(a.assembled, "train", a.targets, [1.0])
@@ -65,10 +90,14 @@ def run(a: argparse.Namespace) -> dict:
     rows = []
     for reads, channels in (("tp-baseline rank: all channels", None),
                             (f"dchag rank 0 of tp {a.tp}: channels {span[0]}..{span[1] - 1}", slice(*span))):
+        data.use_inputs(channels)
         rate = loader_rate(data, channels, a.micro_batch, a.steps, a.workers, a.prefetch)
         rows.append({"reads": reads, "channels": (span[1] - span[0]) if channels else len(data.channels),
-                     "samples_per_s": rate})
+                     "samples_per_s": rate,
+                     "bytes_per_sample": bytes_per_sample(a.assembled, a.targets, channels, a.micro_batch,
+                                                          min(a.steps, 20))})
     data.close()
+    rows[1]["bytes_vs_baseline"] = rows[1]["bytes_per_sample"] / rows[0]["bytes_per_sample"]
     report = {"assembled": str(a.assembled), "workers": a.workers, "prefetch": a.prefetch,
               "micro_batch": a.micro_batch, "rows": rows}
     if a.summary and Path(a.summary).is_file():
@@ -89,10 +118,15 @@ def table(report: dict) -> str:
     if train:
         lines.append(f"training consumes {train['samples_per_s_per_rank']:.2f} samples/s per rank "
                      f"({train['summary']})")
-    lines.append(f"{'reads':<40} {'channels':>8} {'samples/s':>10} {'x training':>11}")
+    lines.append(f"{'reads':<40} {'channels':>8} {'samples/s':>10} {'x training':>11} {'KiB/sample':>11} "
+                 f"{'x baseline':>11}")
     for r in report["rows"]:
         ratio = f"{r['vs_training']:>11.1f}" if "vs_training" in r else f"{'-':>11}"
-        lines.append(f"{r['reads']:<40} {r['channels']:>8} {r['samples_per_s']:>10.1f} {ratio}")
+        vs = f"{r['bytes_vs_baseline']:>11.2f}" if "bytes_vs_baseline" in r else f"{1.0:>11.2f}"
+        lines.append(f"{r['reads']:<40} {r['channels']:>8} {r['samples_per_s']:>10.1f} {ratio} "
+                     f"{r['bytes_per_sample'] / 1024:>11.1f} {vs}")
+    lines.append("(KiB/sample: read from the stores per sample with the in-memory cache off, inputs and targets, "
+                 "fields and climatology, shard indexes included)")
     return "\n".join(lines)
 
 

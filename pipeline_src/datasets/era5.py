@@ -28,27 +28,49 @@ from . import Batch, step_generator
 SPACES = ("anomaly", "absolute")
 
 
-def _open_store(path: Path, what: str) -> xr.Dataset:
+def _open_store(path: Path, what: str, wrap=None) -> xr.Dataset:
+    """The Zarr store at path, lazily; `wrap(path)` may return a zarr store to read through
+    instead (the loader benchmark's and tests' byte counting)."""
     if not (path / "zarr.json").is_file() and not (path / ".zgroup").is_file():
         raise InputError(path, f"{what} not found (run the era5 stages)")
     try:
         with warnings.catch_warnings():  # Snakemake's .snakemake_timestamp in directory outputs
             warnings.filterwarnings("ignore", message=".*not recognized as a component")
-            return xr.open_zarr(path, consolidated=False, chunks=None)  # lazy, no dask per read
+            store = path if wrap is None else wrap(path)
+            return xr.open_zarr(store, consolidated=False, chunks=None)  # lazy, no dask per read
     except (KeyError, ValueError, OSError) as err:
         raise InputError(path, f"not a readable {what}: {err}") from None
+
+
+def _as_list(channels: slice | list[int] | None, count: int) -> list[int]:
+    """Channel indices of a slice, a list or None (every channel)."""
+    if channels is None:
+        return list(range(count))
+    if isinstance(channels, slice):
+        return list(range(count))[channels]
+    return [int(c) for c in channels]
+
+
+def _selector(indices: list[int]) -> slice | list[int]:
+    """A slice for a contiguous run of channels (one zarr read per chunk row), else the list."""
+    if indices and indices == list(range(indices[0], indices[-1] + 1)):
+        return slice(indices[0], indices[-1] + 1)
+    return indices
 
 
 class ERA5Split:
     """One assembled split (train/val/test): fields (time, channel, lat, lon) read by time index.
 
-    A split of at most `cache_bytes` is read into memory once (the embedded default's four
-    training years are 170 MB); larger ones are read one time step per request.
+    The store holds one channel of one time step per chunk, so a reader that declares its
+    channels (`use_channels`: a D-CHAG rank's partitions and the forecast targets) reads only
+    those from disk, and a read of any other channel is refused. The declared channels of a
+    split of at most `cache_bytes` are read into memory once, at the first read (in the
+    loader's worker); larger ones are read one time step per request.
     """
 
-    def __init__(self, store: str | Path, cache_bytes: int = 1 << 30):
+    def __init__(self, store: str | Path, cache_bytes: int = 1 << 30, wrap=None):
         self.store = Path(store)
-        self.ds = _open_store(self.store, "assembled ERA5 Zarr store")
+        self.ds = _open_store(self.store, "assembled ERA5 Zarr store", wrap)
         if "fields" not in self.ds:
             raise InputError(self.store, "not an assembled ERA5 store: no variable 'fields'")
         self.fields = self.ds["fields"]
@@ -63,7 +85,22 @@ class ERA5Split:
         if not (deltas == deltas[0]).all():
             raise InputError(self.store, "time steps are not evenly spaced")
         self.step_seconds = int(deltas[0])
-        self.cache = self.fields.values.astype(np.float32) if self.fields.nbytes <= cache_bytes else None
+        self.cache_bytes = cache_bytes
+        self.use_channels(None)
+
+    def use_channels(self, channels: slice | list[int] | None) -> None:
+        """Declare the channels this reader will read (None: all); drops any cache."""
+        self.readable = sorted(set(_as_list(channels, len(self.channels))))
+        self._position = {c: i for i, c in enumerate(self.readable)}
+        self.cache, self._cache_loaded = None, False
+
+    def _cached(self) -> np.ndarray | None:
+        if not self._cache_loaded:
+            self._cache_loaded = True
+            size = self.fields.nbytes // len(self.channels) * len(self.readable)
+            if size <= self.cache_bytes:
+                self.cache = np.asarray(self.fields.variable[:, _selector(self.readable)].values, np.float32)
+        return self.cache
 
     def lead_steps(self, lead_days: float) -> int:
         """Time steps in `lead_days`; InputError if not whole or not shorter than the split."""
@@ -77,11 +114,18 @@ class ERA5Split:
         return int(round(s))
 
     def read(self, indices, channels: slice | list[int] | None = None) -> np.ndarray:
-        """Fields at the given time indices, (n, C, H, W) float32; only `channels` when given."""
-        pick = slice(None) if channels is None else channels
-        if self.cache is not None:
-            return self.cache[np.asarray(indices, dtype=np.int64)][:, pick]
+        """Fields at the given time indices, (n, C, H, W) float32; only `channels` when given.
+        InputError for a channel the reader did not declare."""
+        want = _as_list(channels, len(self.channels))
+        foreign = [c for c in want if c not in self._position]
+        if foreign:
+            raise InputError(self.store, f"channels {[self.channels[c] for c in foreign[:4]]} were not declared "
+                                         f"by this reader (use_channels)")
+        cache = self._cached()
+        if cache is not None:
+            return cache[np.asarray(indices, dtype=np.int64)][:, [self._position[c] for c in want]]
         var = self.fields.variable  # Variable indexing skips DataArray overhead (~2x faster)
+        pick = _selector(want)
         return np.stack([np.asarray(var[int(t), pick].values, dtype=np.float32) for t in indices])
 
     def close(self) -> None:
@@ -92,9 +136,9 @@ class ERA5Split:
 class Climatology:
     """The assemble stage's day-of-year x hour climatology, looked up for any valid times."""
 
-    def __init__(self, store: str | Path, split: ERA5Split):
+    def __init__(self, store: str | Path, split: ERA5Split, wrap=None):
         self.store = Path(store)
-        ds = _open_store(self.store, "climatology")
+        ds = _open_store(self.store, "climatology", wrap)
         if "climatology" not in ds:
             raise InputError(self.store, "not a climatology store: no variable 'climatology'")
         self.ds = ds
@@ -107,8 +151,21 @@ class Climatology:
             raise InputError(self.store, f"climatology grid differs from {split.store}'s")
         self.hours = [int(h) for h in ds["hour"].values]
         self.array = ds["climatology"]
-        # small climatologies (the default: 42 MB) are held in memory, large ones read per time
-        self.cache = self.array.values if self.array.nbytes < 512 * 2**20 else None
+        self.use_channels(None)
+
+    def use_channels(self, channels: slice | list[int] | None) -> None:
+        """Declare the channels to be looked up (None: all). Small climatologies (the default's:
+        42 MB) are held in memory for those channels, read at the first lookup; large ones per time."""
+        self.readable = sorted(set(_as_list(channels, self.array.sizes["channel"])))
+        self._position = {c: i for i, c in enumerate(self.readable)}
+        self.cache, self._cache_loaded = None, False
+
+    def _cached(self) -> np.ndarray | None:
+        if not self._cache_loaded:
+            self._cache_loaded = True
+            if self.array.nbytes // self.array.sizes["channel"] * len(self.readable) < 512 * 2**20:
+                self.cache = np.asarray(self.array.variable[:, :, _selector(self.readable)].values)
+        return self.cache
 
     def at(self, times, channels: slice | list[int] | None = None) -> np.ndarray:
         """Climatology at each valid time (day of year and hour), (n, C, H, W) float32; only `channels` when given."""
@@ -118,10 +175,14 @@ class Climatology:
             raise InputError(self.store, f"no climatology for hour(s) {missing} (has {self.hours})")
         doy = np.asarray(times.day_of_year) - 1
         hour = np.array([self.hours.index(h) for h in times.hour])
-        pick = slice(None) if channels is None else channels
-        if self.cache is not None:
-            return self.cache[doy, hour][:, pick].astype(np.float32)
-        var = self.array.variable
+        want = _as_list(channels, self.array.sizes["channel"])
+        foreign = [c for c in want if c not in self._position]
+        if foreign:
+            raise InputError(self.store, f"channels {foreign[:4]} were not declared (use_channels)")
+        cache = self._cached()
+        if cache is not None:
+            return cache[doy, hour][:, [self._position[c] for c in want]].astype(np.float32)
+        var, pick = self.array.variable, _selector(want)
         return np.stack([np.asarray(var[int(d), int(h), pick].values, np.float32) for d, h in zip(doy, hour)])
 
     def close(self) -> None:
@@ -214,16 +275,23 @@ class ERA5Forecast:
     """Training pairs: (inputs at t, lead) -> targets at t + lead, in the transform's space."""
 
     def __init__(self, assembled: str | Path, split: str, targets: list[str], lead_days: list[float],
-                 space: str = "anomaly"):
+                 space: str = "anomaly", cache_bytes: int = 1 << 30, wrap=None):
         assembled = Path(assembled)
-        self.split = ERA5Split(assembled / f"{split}.zarr")
+        self.split = ERA5Split(assembled / f"{split}.zarr", cache_bytes, wrap)
         self.transform = FieldTransform.from_normalization(assembled / "normalization.json", space,
                                                            self.split.channels, targets)
-        self.climatology = Climatology(assembled / "climatology.zarr", self.split)
+        self.climatology = Climatology(assembled / "climatology.zarr", self.split, wrap)
         self.channels, self.targets = self.split.channels, list(targets)
         self.latitudes, self.image = self.split.latitudes, self.split.image
         self.lead_days = [float(d) for d in lead_days]
         self.lead_steps = [self.split.lead_steps(d) for d in self.lead_days]
+
+    def use_inputs(self, channels: slice | None) -> None:
+        """Read only these input channels (a D-CHAG rank's partitions) and the targets, from disk
+        and into the in-memory caches; None reads every channel."""
+        wanted = None if channels is None else _as_list(channels, len(self.channels)) + list(self.transform.target_index)
+        self.split.use_channels(wanted)
+        self.climatology.use_channels(wanted)
 
     def pairs(self, init: list[int], lead_steps: list[int],
               channels: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,9 @@
 
 Outputs (one folder):
   {train,val,test}.zarr  variable `fields` (time, channel, latitude, longitude) float32,
-                         one time step per chunk (random access by time), sharded
+                         one channel of one time step per chunk, in shards of one channel
+                         over `shard_steps` steps: random access by time, and a reader of some
+                         channels (a D-CHAG rank's partitions, at any TP size) reads those only
   normalization.json     per-channel mean/std over the training years only, and the RMS of
                          the departures from the climatology (anomaly_std; forecasters in
                          anomaly space divide by it); static_channels lists the time-invariant
@@ -29,6 +31,18 @@ from . import periods
 from .channels import G, Channel, channel_units
 
 log = logging.getLogger(__name__)
+CLIMATOLOGY_SHARD_DAYS = 61
+
+
+def fields_encoding(shard_steps: int, grid: tuple[int, int] = (32, 64)) -> dict:
+    """Zarr encoding of a split's fields: a chunk per (time step, channel), a shard per channel
+    and `shard_steps` steps (a shard index of shard_steps entries, read with each lookup)."""
+    return {"chunks": (1, 1, *grid), "shards": (shard_steps, 1, *grid)}
+
+
+def climatology_encoding(hours: int, grid: tuple[int, int] = (32, 64)) -> dict:
+    """Zarr encoding of the climatology: a chunk per (day of year, channel), a shard per channel and 61 days."""
+    return {"chunks": (1, hours, 1, *grid), "shards": (CLIMATOLOGY_SHARD_DAYS, hours, 1, *grid)}
 
 
 def _open_regridded(path: Path, shard: int) -> xr.Dataset:
@@ -185,8 +199,7 @@ def assemble(cfg: Config, regridded: dict[tuple[str, str], Path], out_dir: str |
             ds["fields"].attrs = {"units": "mixed; see normalization.json", "description": "ERA5 channels"}
             ds.attrs = {"split": split, "period": periods.describe(era5["years"], split), "source": era5["source"],
                         "grid": "5.625 deg, 32 x 64, ascending cell-centre latitudes"}
-            enc = {"fields": {"chunks": (1, len(channels), 32, 64),
-                              "shards": (shard, len(channels), 32, 64)}}
+            enc = {"fields": fields_encoding(shard)}
             with atomic_path(target) as tmp:
                 ds.to_zarr(tmp, mode="w", zarr_format=3, encoding=enc, consolidated=False)
             times = pd.DatetimeIndex(fields.time.values)
@@ -227,7 +240,7 @@ def assemble(cfg: Config, regridded: dict[tuple[str, str], Path], out_dir: str |
     )
     with atomic_path(out_dir / "climatology.zarr") as tmp:
         clim_ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False,
-                        encoding={"climatology": {"chunks": (1, len(era5["hours"]), len(channels), 32, 64)}})
+                        encoding={"climatology": climatology_encoding(len(era5["hours"]))})
     manifest = {
         "source": era5["source"],
         "regrid_backend": sorted(backends),

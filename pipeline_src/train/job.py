@@ -29,7 +29,8 @@ def job_from_config(cfg: Config, variant: str, out_dir: str | Path, assembled: s
     settings = TrainSettings(**{k: v["train"].get(k, t[k]) for k in SETTING_KEYS}, tp=t["mesh"]["tp"],
                              fsdp=t["mesh"]["fsdp"], dp=t["mesh"]["dp"], expected_world=t["nproc"],
                              walltime_margin_s=t["walltime_margin_s"], loader_workers=t["loader_workers"],
-                             prefetch=t["prefetch"], checkpoint_async=t["checkpoint_async"])
+                             prefetch=t["prefetch"], checkpoint_async=t["checkpoint_async"],
+                             data_cache_mb=t["data_cache_mb"])
     if v["task"] == "forecast":
         if assembled is None:
             raise ValueError("a forecast variant needs the assembled ERA5 directory")

@@ -68,12 +68,13 @@ class TrainSettings:
     walltime_margin_s: float = 180.0  # checkpoint and stop this long before the Slurm time limit
     loader_workers: int = 1  # DataLoader worker processes per rank (0 = read in the training process)
     prefetch: int = 4  # micro-batches each worker reads ahead
+    data_cache_mb: int = 1024  # hold a rank's ERA5 channels in memory up to this size, else read per step
 
 
 # Not part of what makes two runs the same run (the resume folder's key): a run may be
 # resumed on another mesh, by another launcher, with another margin.
 LAUNCH_SETTINGS = ("tp", "fsdp", "dp", "expected_world", "walltime_margin_s", "loader_workers", "prefetch",
-                   "checkpoint_async")
+                   "checkpoint_async", "data_cache_mb")
 
 
 @dataclass
@@ -102,7 +103,8 @@ class Preempted(Exception):
 def _open_data(job: TrainJob):
     if job.task == "forecast":
         d = job.data
-        return ERA5Forecast(d["assembled"], "train", d["targets"], d["lead_days"], d.get("space", "anomaly"))
+        return ERA5Forecast(d["assembled"], "train", d["targets"], d["lead_days"], d.get("space", "anomaly"),
+                            cache_bytes=job.settings.data_cache_mb * 2**20)
     d = job.data
     if d.get("source") == "hyperspectral":
         return SpectralTiles(d["store"])
@@ -213,6 +215,8 @@ class _Fetch:
         front = getattr(model, "front", None)
         span = front.input_span() if hasattr(front, "input_span") else None
         self.channels = slice(*span) if span is not None and span != (0, spec.channels) else None
+        if self.task == "forecast":
+            data.use_inputs(self.channels)  # nothing else is read from disk or cached
 
     def __call__(self, step: int, micro: int):
         if self.task == "forecast":

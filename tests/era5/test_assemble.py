@@ -28,7 +28,8 @@ def test_splits_shapes_and_channels(assembled):
         assert ds.fields.shape == (n, len(names), 32, 64)
         assert list(ds.channel.values) == names
         assert pd.DatetimeIndex(ds.time.values).year.unique().tolist() == [year]
-        assert ds.fields.encoding["chunks"] == (1, len(names), 32, 64)  # random access by time
+        assert ds.fields.encoding["chunks"] == (1, 1, 32, 64)  # random access by time, a reader takes only its channels
+        assert ds.fields.encoding["shards"] == (32, 1, 32, 64)  # a shard per channel and shard_steps steps
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["channels"] == names and manifest["regrid_backend"] == ["xarray-regrid"]
     assert manifest["splits"]["test"]["n_times"] == 366

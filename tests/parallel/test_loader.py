@@ -56,3 +56,33 @@ def test_front_end_takes_its_own_channels_or_all():
     torch.testing.assert_close(front(x[:, 6:10]), front(x))
     with pytest.raises(ValueError, match="input has 5 channels; .* all 10 or its partitions' channels 6..9"):
         front(x[:, 5:10])
+
+
+@pytest.mark.parametrize("cache_bytes", [1 << 30, 0])  # the split held in memory, or read per step
+def test_a_dchag_rank_takes_only_its_partitions_and_the_targets_from_disk(assembled_era5, cache_bytes):
+    """Bytes read from the assembled stores, per channel, by what a D-CHAG rank of 2 partitions
+    reads in training: its own input channels and the forecast targets, nothing else."""
+    from collections import Counter
+
+    from pipeline_src.datasets.counting import CountingStore, bytes_by_channel
+
+    _, out, _, _ = assembled_era5
+    read = {}
+    for name, inputs in (("all", None), ("partition 0", slice(0, 4)), ("partition 1", slice(4, 8))):
+        counts = Counter()
+        data = ERA5Forecast(out, "train", TARGETS, [1.0, 3.0], cache_bytes=cache_bytes,
+                            wrap=lambda path, c=counts: CountingStore(path, c))
+        data.use_inputs(inputs)
+        for step in range(3):
+            data.batch(0, step, 0, 4, slice(0, 4), inputs)
+        if inputs is not None:
+            with pytest.raises(Exception, match="not declared"):  # another partition's channels are refused
+                data.batch(0, 9, 0, 4, slice(0, 4), slice(0, 8))
+        read[name] = (bytes_by_channel(counts, "fields", 1), bytes_by_channel(counts, "climatology", 2))
+        data.close()
+    targets = {0, 4}  # z_500 and t2m
+    assert set(read["all"][0]) == set(read["all"][1]) == set(range(8))
+    assert set(read["partition 0"][0]) == set(read["partition 0"][1]) == {0, 1, 2, 3} | targets
+    assert set(read["partition 1"][0]) == set(read["partition 1"][1]) == {4, 5, 6, 7} | targets
+    fields = {k: sum(v[0].values()) for k, v in read.items()}
+    assert fields["partition 0"] < 0.75 * fields["all"] and fields["partition 1"] < 0.75 * fields["all"]
