@@ -4,14 +4,14 @@ D-CHAG (Tsaris et al., SC25) is implemented here by hand: no maintained library 
 A D-CHAG front end splits the C channels into `partitions` contiguous slices. Each slice
 is tokenized and reduced to ONE token per patch by its own private aggregator (a tree of
 linear "-L" or cross-attention "-C" levels); the partition tokens are joined and a final
-cross-attention merges them. On one process `join` is the identity; under tensor
-parallelism each rank keeps only its own partitions and pipeline_src.parallel replaces
-`join` with an all-gather over the TP group.
+cross-attention merges them. On one process the `gather` module is the identity; under tensor
+parallelism each rank keeps only its own partitions and pipeline_src.parallel swaps in the
+all-gather over the TP group.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -172,8 +172,16 @@ class BaselineFrontEnd(nn.Module):
         return self.aggregate(self.tokenizer(x))
 
 
-def _identity(tokens: torch.Tensor) -> torch.Tensor:
-    return tokens
+class PartitionGather(nn.Module):
+    """Joins the partition tokens of every TP rank, in rank order: (B, k, L, D) -> (B, k * tp, L, D).
+
+    On one process every partition is local and this is the identity; under tensor
+    parallelism parallel/ replaces it with the TP all-gather whose backward is a slice
+    (parallel/collectives.py), so the model itself never touches torch.distributed.
+    """
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens
 
 
 class DCHAGFrontEnd(nn.Module):
@@ -206,7 +214,7 @@ class DCHAGFrontEnd(nn.Module):
         self.partition_embed = None if self.gather_all else nn.Parameter(torch.empty(partitions, dim))
         self.final = CrossAttentionPool(dim, heads)
         self.local_partitions: list[int] = list(range(partitions))
-        self.join: Callable[[torch.Tensor], torch.Tensor] = _identity
+        self.gather = PartitionGather()
 
     def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
         """Small random partition embeddings."""
@@ -219,6 +227,11 @@ class DCHAGFrontEnd(nn.Module):
             if int(key) not in indices:
                 del self.partitions[key]
         self.local_partitions = indices
+
+    def private_modules(self) -> dict[str, nn.Module]:
+        """The modules private to this rank's partitions (not TP-sharded; sharded alone under FSDP), by
+        name relative to this front end."""
+        return {f"partitions.{key}": module for key, module in self.partitions.items()}
 
     def input_span(self) -> tuple[int, int]:
         """Channels [first, last) that this front end's partitions read: all, or this rank's slice."""
@@ -240,7 +253,7 @@ class DCHAGFrontEnd(nn.Module):
             start, stop = self.bounds[i]
             local.append(self.partitions[str(i)](x[:, start - offset:stop - offset]))
         if self.gather_all:
-            return self.final(self.join(torch.cat(local, dim=1)))  # (B, C, L, D)
-        joined = self.join(torch.stack(local, dim=1))  # (B, partitions, L, D)
+            return self.final(self.gather(torch.cat(local, dim=1)))  # (B, C, L, D)
+        joined = self.gather(torch.stack(local, dim=1))  # (B, partitions, L, D)
         joined = joined + self.partition_embed[None, :, None, :]
         return self.final(joined)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ..model.aggregation import PartitionGather
+
 
 class _GatherPartitions(torch.autograd.Function):
     @staticmethod
@@ -32,3 +34,14 @@ class _GatherPartitions(torch.autograd.Function):
 def gather_partitions(local: torch.Tensor, group) -> torch.Tensor:
     """(B, k, L, D) partition tokens of this rank -> (B, k * tp, L, D) in rank order, on every rank."""
     return _GatherPartitions.apply(local, group)
+
+
+class TPPartitionGather(PartitionGather):
+    """The D-CHAG partition gather over a TP group (parallel/plans.py puts it in the front end)."""
+
+    def __init__(self, group):
+        super().__init__()
+        self.group = group
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return gather_partitions(tokens, self.group)

@@ -8,7 +8,6 @@ weight, plus one full parameter at a time while that one is initialised).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -21,9 +20,7 @@ from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInp
 from ..io import ConfigError
 from ..model.aggregation import CrossAttentionPool, DCHAGFrontEnd
 from ..model.vit import MLP, Attention, Backbone, Block, DistanceBias
-from .collectives import gather_partitions
-
-PRIVATE_PREFIX = "front.partitions."
+from .collectives import TPPartitionGather
 
 
 @dataclass
@@ -107,19 +104,30 @@ def check_tp(model: nn.Module, tp: int) -> None:
 
 
 def apply_dchag(front: DCHAGFrontEnd, tp_mesh: DeviceMesh) -> None:
-    """Keep only this TP rank's partitions and join partition tokens with the TP all-gather."""
+    """Keep only this TP rank's partitions and gather partition tokens with the TP all-gather."""
     tp, rank = tp_mesh.size(), tp_mesh.get_local_rank()
     per_rank = front.num_partitions // tp
     front.keep_partitions(range(rank * per_rank, (rank + 1) * per_rank))
     if tp > 1:
-        front.join = functools.partial(gather_partitions, group=tp_mesh.get_group())
+        front.gather = TPPartitionGather(tp_mesh.get_group())
+
+
+def private_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules private to this TP rank (a D-CHAG front end's partition encoders), by qualified name."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, DCHAGFrontEnd):
+            out.update({f"{name}.{sub}" if name else sub: m for sub, m in module.private_modules().items()})
+    return out
 
 
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = False) -> None:
     """Megatron-style TP on every block (heads and MLP split) and cross-attention pool, D-CHAG privates
     excepted; attention distance biases keep the slopes of the rank's heads."""
-    for name, module in list(model.named_modules()):
-        if name.startswith(PRIVATE_PREFIX.rstrip(".")):
+    private = [m for m in private_modules(model).values()]
+    inside_private = {id(sub) for m in private for sub in m.modules()}
+    for module in list(model.modules()):
+        if id(module) in inside_private:
             continue  # rank-private partial aggregators are not TP-sharded
         if isinstance(module, Block):
             parallelize_module(module, tp_mesh, block_plan(sequence_parallel))
@@ -139,8 +147,9 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, mp_policy: MixedPrecisionP
     kwargs = {"mesh": dp_mesh}
     if mp_policy is not None:
         kwargs["mp_policy"] = mp_policy
-    for name, module in model.named_modules():
-        if isinstance(module, Block) or (name.startswith(PRIVATE_PREFIX) and name.count(".") == 2):
+    private = {id(m) for m in private_modules(model).values()}
+    for module in model.modules():
+        if isinstance(module, Block) or id(module) in private:
             fully_shard(module, **kwargs)
     fully_shard(model, **kwargs)
 
@@ -155,7 +164,7 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionPol
         apply_dchag(front, tp_mesh)
     if tp_mesh.size() > 1:
         apply_tp(model, tp_mesh, sequence_parallel)
-    private = {n for n, _ in model.named_parameters() if n.startswith(PRIVATE_PREFIX)}
+    private = {f"{prefix}.{n}" for prefix, m in private_modules(model).items() for n, _ in m.named_parameters()}
     dp_mesh = mesh["dp", "fsdp"]
     use_fsdp = dp_mesh.size() > 1
     if use_fsdp:

@@ -52,7 +52,12 @@ def test_front_end_takes_its_own_channels_or_all():
     front.keep_partitions([2, 3])  # what TP rank 1 of 2 keeps: channels 6..9
     assert front.input_span() == (6, 10)
     x = torch.randn(2, 10, 8, 16)
-    front.join = lambda t: torch.cat([torch.zeros_like(t), t], dim=1)  # stand-in for the all-gather
+    class StandIn(torch.nn.Module):  # for the TP all-gather: rank 0's tokens as zeros, then ours
+        def forward(self, t):
+            return torch.cat([torch.zeros_like(t), t], dim=1)
+
+    front.gather = StandIn()
+    assert set(front.private_modules()) == {"partitions.2", "partitions.3"}
     torch.testing.assert_close(front(x[:, 6:10]), front(x))
     with pytest.raises(ValueError, match="input has 5 channels; .* all 10 or its partitions' channels 6..9"):
         front(x[:, 5:10])
