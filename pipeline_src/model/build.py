@@ -6,7 +6,6 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-import torch
 from torch import nn
 
 from .aggregation import BaselineFrontEnd, DCHAGFrontEnd, partition_bounds, tree_sizes

@@ -12,7 +12,7 @@ TPs are never better.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..model.build import ModelSpec
 from .paper import IMAGE, PATCH, PRESETS

@@ -8,7 +8,6 @@ authors' configurations and runs the planner example into results/report/paper/.
 from __future__ import annotations
 
 import csv
-import json
 import time
 from pathlib import Path
 

@@ -11,7 +11,7 @@ from pipeline_src.era5.assemble import ClimatologyAccumulator, RunningStats, ass
 from pipeline_src.era5.channels import G
 from pipeline_src.era5.synthetic import standard_height
 from pipeline_src.io import InputError
-from tests.conftest import load_nc, small_config
+from tests.conftest import load_nc
 
 
 @pytest.fixture(scope="module")

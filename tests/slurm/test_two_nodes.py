@@ -23,7 +23,7 @@ import yaml
 
 from pipeline_src.train.restore import load_trained
 from tests.e2e.test_workflow import TINY
-from tests.slurm.helpers import ENV, sacct, snakemake, torchrun
+from tests.slurm.helpers import sacct, snakemake, torchrun
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 TP_VARIANT, FSDP_VARIANT = "forecast-dchag-L", "forecast-fsdp"
