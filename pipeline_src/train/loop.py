@@ -1,7 +1,10 @@
-"""The distributed training loop: build, parallelize, resume, step, checkpoint, log.
+"""The distributed training loop: set up, resume, step, sync and log, checkpoint, finish.
 
-One function, run_training(job), is what every rank executes (under torchrun, srun, or
-torch.multiprocessing in tests). Rank 0 logs to MLflow and shows the progress bar.
+run_training(job) is what every rank executes (under torchrun, srun, or torch.multiprocessing
+in tests), in small pieces: _setup (mesh, task and data, model, optimizer), _resume,
+_train_step, _sync (one host sync: losses, stop agreement, async checkpoint completion),
+StepCheckpoints (parallel/checkpoint.py) and _finish. What differs between forecasting and
+the masked autoencoder lives in train/tasks.py. Rank 0 logs to MLflow and shows the progress bar.
 """
 
 from __future__ import annotations
@@ -28,14 +31,10 @@ from ..parallel.mesh import (build_mesh, check_world, init_distributed, is_main,
                              resolve_mesh)
 from ..parallel.walltime import job_end_time
 from ..parallel.plans import data_parallel_rank
-from ..datasets.era5 import ERA5Forecast
 from ..datasets.loader import step_loader
-from ..datasets.spectral import Augment, SpectralTiles, SyntheticSpectralTiles
 from .engine import build_engine
-from .losses import forecast_loss, latitude_weights
-from .mae import MaeTraining, heldout_verdict
-from ..model.mae_objective import REFERENCES
 from .schedule import learning_rate
+from .tasks import TASKS
 
 log = logging.getLogger(__name__)
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -100,33 +99,17 @@ class Preempted(Exception):
     mlflow_status = "KILLED"  # the MLflow run stays open for the attempt that resumes it
 
 
-def _open_data(job: TrainJob):
-    if job.task == "forecast":
-        d = job.data
-        return ERA5Forecast(d["assembled"], "train", d["targets"], d["lead_days"], d.get("space", "anomaly"),
-                            cache_bytes=job.settings.data_cache_mb * 2**20)
-    d = job.data
-    if d.get("source") == "hyperspectral":
-        return SpectralTiles(d["store"])
-    return SyntheticSpectralTiles(d["bands"], tuple(d["image"]), d.get("seed", 0))
-
-
-def model_spec(job: TrainJob, data, tp: int) -> ModelSpec:
-    """The model spec from the job's model settings and the data's channels and grid."""
+def model_spec(job: TrainJob, task, tp: int) -> ModelSpec:
+    """The model spec from the job's model settings and what the task's data decides."""
     m = job.model
     partitions = m.get("partitions", "auto")
     if partitions == "auto":
         partitions = tp
-    common = dict(arch=m["arch"], task=job.task, patch=m["patch"], dim=m["dim"], depth=m["depth"],
-                  heads=m["heads"], agg_heads=m["agg_heads"], mlp_ratio=float(m["mlp_ratio"]),
-                  partitions=1 if m["arch"] == "tp-baseline" else int(partitions),
-                  tree=tuple(m.get("tree", ())), decoder_depth=m.get("decoder_depth", 1),
-                  pool_sharing=m.get("pool_sharing", "partition"))
-    if job.task == "forecast":
-        return ModelSpec(channels=len(data.channels), image=data.image, outputs=len(data.targets),
-                         channel_names=tuple(data.channels), **common)
-    return ModelSpec(channels=data.bands, image=data.image,
-                     decoder_slopes=tuple(float(v) for v in m.get("decoder_slopes", ())), **common)
+    return ModelSpec(arch=m["arch"], task=job.task, patch=m["patch"], dim=m["dim"], depth=m["depth"],
+                     heads=m["heads"], agg_heads=m["agg_heads"], mlp_ratio=float(m["mlp_ratio"]),
+                     partitions=1 if m["arch"] == "tp-baseline" else int(partitions),
+                     tree=tuple(m.get("tree", ())), decoder_depth=m.get("decoder_depth", 1),
+                     pool_sharing=m.get("pool_sharing", "partition"), **task.spec_fields())
 
 
 def run_fingerprint(spec: ModelSpec, s: TrainSettings, data: dict) -> str:
@@ -194,37 +177,6 @@ class _StopFlag:
         return 1.0 if self.raised else 0.0
 
 
-def _loss(job: TrainJob, model, batch, mae: MaeTraining | None, lat_w, device, autocast):
-    """(loss, extras): the MAE's extras are its trivial references on the same batch."""
-    if mae is not None:
-        return mae.loss(model, batch, device, autocast)
-    with autocast():
-        pred = model(batch.x.to(device), batch.lead_days.to(device))
-    return forecast_loss(pred.float(), batch.y.to(device), lat_w), torch.zeros(0, device=device)
-
-
-class _Fetch:
-    """fetch(step, micro) -> this rank's micro-batch; a D-CHAG forecaster's rank reads only its
-    partitions' input channels (the baseline, and the MAE whose targets are every band, read all)."""
-
-    def __init__(self, job: TrainJob, data, spec: ModelSpec, model, seed: int, global_batch: int, rows: slice):
-        self.data, self.task, self.seed, self.global_batch, self.rows = data, job.task, seed, global_batch, rows
-        self.mask_ratio, self.patch = job.data.get("mask_ratio"), spec.patch
-        self.sampling = job.data.get("sampling", "uniform")
-        self.augment = Augment.from_config(job.data.get("augment"))
-        front = getattr(model, "front", None)
-        span = front.input_span() if hasattr(front, "input_span") else None
-        self.channels = slice(*span) if span is not None and span != (0, spec.channels) else None
-        if self.task == "forecast":
-            data.use_inputs(self.channels)  # nothing else is read from disk or cached
-
-    def __call__(self, step: int, micro: int):
-        if self.task == "forecast":
-            return self.data.batch(self.seed, step, micro, self.global_batch, self.rows, self.channels)
-        return self.data.batch(self.seed, step, micro, self.global_batch, self.rows, self.mask_ratio, self.patch,
-                               self.sampling, self.augment)
-
-
 def _sync(pending: list, stop: _StopFlag, checkpoints: ckpt.StepCheckpoints,
           device) -> tuple[list[list[float]], list[float], bool, bool]:
     """One host sync for the steps since the last: per step its loss and extras averaged over all
@@ -242,8 +194,23 @@ def _sync(pending: list, stop: _StopFlag, checkpoints: ckpt.StepCheckpoints,
     return rows, torch.stack([p[1] for p in pending]).float().tolist(), stop_now, all_written
 
 
-def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) -> dict:
-    """Train job on this rank (all ranks call it); return the summary. Raises Preempted on a stop signal."""
+@dataclass
+class _Setup:
+    """One rank's training set-up: launch, mesh, task and data, model, optimizer, batch layout."""
+
+    env: object
+    device: torch.device
+    shape: object
+    task: object
+    spec: ModelSpec
+    engine: object
+    global_batch: int
+    rows: slice
+    meta: dict
+
+
+def _setup(job: TrainJob) -> _Setup:
+    """Start the process group and mesh, open the task's data, build and parallelize the model."""
     s = job.settings
     env = launch_env()
     check_world(env, s.expected_world, "train.nproc")
@@ -251,29 +218,63 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
     init_distributed(env, device)
     shape = resolve_mesh(env.world_size, s.tp, s.fsdp, s.dp)
     mesh = build_mesh(shape, device.type)
-    data = _open_data(job)
-    spec = model_spec(job, data, s.tp)
+    task = TASKS[job.task](job)
+    spec = model_spec(job, task, s.tp)
     try:
         check_spec(spec)
     except ValueError as err:
         raise ConfigError(f"train.variants[{job.name}]", str(err)) from None
     engine = build_engine(spec, mesh, device, s, seed=s.seed)
-    model, par, optimizer, total_params = engine.model, engine.par, engine.optimizer, engine.total_params
+    front = getattr(engine.model, "front", None)
+    task.prepare(spec, front.input_span() if hasattr(front, "input_span") else None, device)
     shard, shards = data_parallel_rank(mesh)
-    global_batch = s.micro_batch * shards
-    rows = slice(shard * s.micro_batch, (shard + 1) * s.micro_batch)
-    lat_w = latitude_weights(data.latitudes).to(device) if job.task == "forecast" else None
-    mae = MaeTraining(job.data, spec.patch) if job.task == "mae" else None
-    extras = REFERENCES if mae is not None else ()
+    meta = {"fingerprint": spec.fingerprint(), "spec": spec.to_dict(), "variant": job.name, "task": job.task,
+            "mesh": {"dp": shape.dp, "fsdp": shape.fsdp, "tp": shape.tp}, **task.meta()}
+    return _Setup(env, device, shape, task, spec, engine, s.micro_batch * shards,
+                  slice(shard * s.micro_batch, (shard + 1) * s.micro_batch), meta)
 
-    meta = {"fingerprint": spec.fingerprint(), "spec": spec.to_dict(), "variant": job.name,
-            "task": job.task, "mesh": {"dp": shape.dp, "fsdp": shape.fsdp, "tp": shape.tp}}
-    if job.task == "forecast":  # evaluation undoes exactly this transform
-        meta["transform"] = data.transform.to_dict()
-        meta["lead_days"] = data.lead_days
-    else:
-        meta["mask_ratio"] = job.data["mask_ratio"]
-        meta["objective"] = {"loss": job.data.get("loss", "plant"), "norm_pix": bool(job.data.get("norm_pix", False))}
+
+def _train_step(job: TrainJob, st: _Setup, batches, lr: float):
+    """One optimizer step over grad_accum micro-batches: (mean loss, mean extras, grad norm), on device."""
+    s, engine, model = job.settings, st.engine, st.engine.model
+    loss_sum = torch.zeros((), device=st.device)
+    extra_sum = torch.zeros(len(st.task.extras), device=st.device)
+    for micro in range(s.grad_accum):
+        if engine.par.fsdp:
+            model.set_requires_gradient_sync(micro == s.grad_accum - 1)
+        loss, extra = st.task.loss(model, next(batches), st.device, engine.autocast)
+        (loss / s.grad_accum).backward()
+        loss_sum += loss.detach() / s.grad_accum
+        extra_sum += extra.detach() / s.grad_accum
+    return loss_sum, extra_sum, engine.step(lr, s.grad_clip)
+
+
+def _records(job: TrainJob, st: _Setup, rows, norms, pending: list, heldout: dict, first: int) -> list[dict]:
+    """History records of the synced steps; FloatingPointError on a non-finite loss."""
+    out = []
+    for i, (row, norm_value, (_, _, step_lr, _)) in enumerate(zip(rows, norms, pending)):
+        if not math.isfinite(row[0]):
+            raise FloatingPointError(f"{job.name}: loss is {row[0]} at step {first + i}")
+        out.append({"step": first + i, "loss": row[0], "lr": step_lr, "grad_norm": norm_value,
+                    **dict(zip(st.task.extras, row[1:])), **heldout.pop(first + i, {})})
+    return out
+
+
+def _deadline(job: TrainJob) -> float | None:
+    """Epoch seconds at which rank 0 stops with a checkpoint (the Slurm end less the margin), or None."""
+    end = job_end_time() if is_main() else None
+    if end is None:
+        return None
+    log.info("%s: Slurm time limit in %.0f s; stopping with a checkpoint %.0f s before it",
+             job.name, end - time.time(), job.settings.walltime_margin_s)
+    return end - job.settings.walltime_margin_s
+
+
+def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) -> dict:
+    """Train job on this rank (all ranks call it); return the summary. Raises Preempted on a stop signal."""
+    s = job.settings
+    st = _setup(job)
+    spec, model, optimizer = st.spec, st.engine.model, st.engine.optimizer
     # Resume only the same run: same architecture, optimisation settings and data. The mesh
     # is left out on purpose, since DCP reshards a checkpoint to another world size.
     run_key = run_fingerprint(spec, s, job.data)
@@ -293,43 +294,24 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
 
     params = {"variant": job.name, "task": job.task, **{f"model.{k}": v for k, v in spec.to_dict().items()
                                                        if k != "channel_names"},
-              **{f"train.{k}": v for k, v in vars(s).items()}, "world_size": env.world_size,
-              "launcher": env.launcher, "device": device.type, "parameters": total_params}
-    if mae is not None:  # the objective and data choices of the MAE
-        augment = Augment.from_config(job.data.get("augment"))
-        choices = ("mask_ratio", "loss", "norm_pix", "sampling", "heldout_draws")
-        params.update({f"mae.{k}": job.data.get(k) for k in choices},
-                      **{"mae.augment.flips": augment.flips, "mae.augment.shift": augment.shift})
-    end = job_end_time() if is_main() else None
-    deadline = end - s.walltime_margin_s if end is not None else None
-    if deadline is not None:
-        log.info("%s: Slurm time limit in %.0f s; stopping with a checkpoint %.0f s before it",
-                 job.name, end - time.time(), s.walltime_margin_s)
+              **{f"train.{k}": v for k, v in vars(s).items()}, "world_size": st.env.world_size,
+              "launcher": st.env.launcher, "device": st.device.type, "parameters": st.engine.total_params,
+              **st.task.params()}
     # keyed by the run fingerprint: an attempt that resumes this run continues its MLflow run
-    with tracking.stage_run(job.mlflow, "train", job.rule or "train", params,
-                            key=f"train-{job.name}-{run_key}", wildcards={"variant": job.name}) as run, _StopFlag(deadline) as stop:
+    with tracking.stage_run(job.mlflow, "train", job.rule or "train", params, key=f"train-{job.name}-{run_key}",
+                            wildcards={"variant": job.name}) as run, _StopFlag(_deadline(job)) as stop:
         run.set_tags({"resumed_from_step": start, "train_run_key": run_key})
         progress = _progress(is_main(), start, s.steps, job.name)
         t_last, samples_since, pending, pending_heldout = time.perf_counter(), 0, [], {}
-        batches = iter(step_loader(_Fetch(job, data, spec, model, s.seed, global_batch, rows), start, s.steps,
+        batches = iter(step_loader(st.task.fetcher(s.seed, st.global_batch, st.rows), start, s.steps,
                                    s.grad_accum, s.loader_workers, s.prefetch))
         for step in range(start, s.steps):
             lr = learning_rate(step, s.lr, s.warmup_steps, s.steps, s.min_lr_ratio)
-            loss_sum = torch.zeros((), device=device)
-            extra_sum = torch.zeros(len(extras), device=device)
-            for micro in range(s.grad_accum):
-                if par.fsdp:
-                    model.set_requires_gradient_sync(micro == s.grad_accum - 1)
-                batch = next(batches)
-                loss, extra = _loss(job, model, batch, mae, lat_w, device, engine.autocast)
-                (loss / s.grad_accum).backward()
-                loss_sum += loss.detach() / s.grad_accum
-                extra_sum += extra.detach() / s.grad_accum
-            norm = engine.step(lr, s.grad_clip)
-            samples_since += global_batch * s.grad_accum
+            loss_sum, extra_sum, norm = _train_step(job, st, batches, lr)
+            samples_since += st.global_batch * s.grad_accum
             done = step + 1
             pending.append((loss_sum, norm, lr, extra_sum))
-            heldout = mae.score_heldout(model, spec, device, engine.autocast) if mae and mae.due(done, s.steps) else None
+            heldout = st.task.heldout(model, spec, st.device, st.engine.autocast, done, s.steps)
             if on_step is not None:
                 on_step(done)
             at_checkpoint = s.checkpoint_every and done % s.checkpoint_every == 0 and done < s.steps
@@ -337,15 +319,9 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
                 pending_heldout[done] = heldout
             if not (done % s.log_every == 0 or done == s.steps or at_checkpoint):
                 continue  # no host sync on this step
-            rows, norms, stop_now, all_written = _sync(pending, stop, checkpoints, device)
+            rows, norms, stop_now, all_written = _sync(pending, stop, checkpoints, st.device)
             checkpoints.commit_if(all_written)
-            first = done - len(pending) + 1
-            for i, (row, norm_value, (_, _, step_lr, _)) in enumerate(zip(rows, norms, pending)):
-                if not math.isfinite(row[0]):
-                    raise FloatingPointError(f"{job.name}: loss is {row[0]} at step {first + i}")
-                record = {"step": first + i, "loss": row[0], "lr": step_lr, "grad_norm": norm_value,
-                          **dict(zip(extras, row[1:])), **pending_heldout.pop(first + i, {})}
-                history.append(record)
+            history += _records(job, st, rows, norms, pending, pending_heldout, done - len(pending) + 1)
             now = time.perf_counter()
             history[-1]["samples_per_s"] = samples_since / (now - t_last)
             t_last, samples_since = now, 0
@@ -355,7 +331,7 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
             progress.set_postfix(loss=f"{rows[-1][0]:.4f}", lr=f"{lr:.2e}")
             pending = []
             if at_checkpoint or stop_now:
-                checkpoints.save(done, model, optimizer, {**meta, "step": done, "history": list(history)})
+                checkpoints.save(done, model, optimizer, {**st.meta, "step": done, "history": list(history)})
             if stop_now:
                 checkpoints.close()  # committed before the job ends
                 progress.close()
@@ -364,30 +340,33 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
                                 f"{ckpt_root}; rerun the same command to resume")
         progress.close()
         checkpoints.close()
-        ckpt.save_checkpoint(job.final_dir, model, None, {**meta, "step": s.steps})
-        peaks = _gather_objects(_peak_memory_mb(device))
-        summary = {"variant": job.name, "task": job.task, "steps": s.steps, "resumed_from_step": start,
-                   "final_loss": history[-1]["loss"] if history else None,
-                   "history": history, "peak_memory_mb_per_rank": peaks,
-                   "memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss",
-                   "world_size": env.world_size, "mesh": meta["mesh"], "parameters": total_params,
-                   "fingerprint": spec.fingerprint(), "checkpoint": str(job.final_dir),
-                   "resume_folder": str(ckpt_root)}
-        rates = [h["samples_per_s"] for h in history if "samples_per_s" in h]
-        summary["samples_per_s"] = sum(rates) / len(rates) if rates else None
-        scored = [h for h in history if "heldout_loss" in h]
-        if scored:  # the MAE's held-out verdict: final loss against the best trivial reference
-            summary["heldout"] = heldout_verdict(scored[-1])
-        if is_main():
-            run.log_metrics({f"peak_memory_mb_rank{r}": v for r, v in enumerate(peaks)})
-            run.log_params({"final_checkpoint": str(job.final_dir)})
-            if job.plot_path is not None:
-                _plot_loss(history, job.plot_path, job.name)
-                run.log_artifact(job.plot_path)
-            write_json(job.summary_path, summary)
-            run.log_artifact(job.summary_path)
-    if hasattr(data, "close"):
-        data.close()
+        summary = _finish(job, st, run, history, start, ckpt_root)
+    st.task.close()
+    return summary
+
+
+def _finish(job: TrainJob, st: _Setup, run, history: list[dict], start: int, ckpt_root: Path) -> dict:
+    """Final checkpoint, summary.json, loss plot and MLflow records of a completed run."""
+    s = job.settings
+    ckpt.save_checkpoint(job.final_dir, st.engine.model, None, {**st.meta, "step": s.steps})
+    peaks = _gather_objects(_peak_memory_mb(st.device))
+    rates = [h["samples_per_s"] for h in history if "samples_per_s" in h]
+    summary = {"variant": job.name, "task": job.task, "steps": s.steps, "resumed_from_step": start,
+               "final_loss": history[-1]["loss"] if history else None,
+               "history": history, "peak_memory_mb_per_rank": peaks,
+               "memory_kind": "cuda_max_allocated" if st.device.type == "cuda" else "cpu_peak_rss",
+               "world_size": st.env.world_size, "mesh": st.meta["mesh"], "parameters": st.engine.total_params,
+               "fingerprint": st.spec.fingerprint(), "checkpoint": str(job.final_dir),
+               "resume_folder": str(ckpt_root), "samples_per_s": sum(rates) / len(rates) if rates else None,
+               **st.task.summary(history)}
+    if is_main():
+        run.log_metrics({f"peak_memory_mb_rank{r}": v for r, v in enumerate(peaks)})
+        run.log_params({"final_checkpoint": str(job.final_dir)})
+        if job.plot_path is not None:
+            _plot_loss(history, job.plot_path, job.name)
+            run.log_artifact(job.plot_path)
+        write_json(job.summary_path, summary)
+        run.log_artifact(job.summary_path)
     return summary
 
 
