@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
-from ..parallel.spawn import run_local
-from ..report.measured import REPORT_VARIANTS, MeasureSettings, Variant, worker
+from ..report.measured import REPORT_VARIANTS, MeasureSettings, Variant, measure_all
 from ..report.tables import measured_table
 
 ARCHS = ("tp-baseline", "gather-all", "dchag-L", "dchag-C")
@@ -56,19 +54,11 @@ def parse_args(argv=None) -> MeasureSettings:
     return s
 
 
-def run(s: MeasureSettings) -> dict:
-    """Measure on s.ranks local processes; the raw results."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "bench.json"
-        run_local(worker, s.ranks, s, str(out))
-        return json.loads(out.read_text())
-
-
 def main(argv=None) -> None:
     """Run the benchmark and print the table."""
     s = parse_args(argv)
     json_path = s.extra.pop("json")
-    report = run(s)
+    report = measure_all(s)
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2))
     print(measured_table(report))

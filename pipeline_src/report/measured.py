@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -211,3 +212,13 @@ def _device_name(device: torch.device) -> str:
     import platform
 
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+def measure_all(s: MeasureSettings) -> dict:
+    """Measure every configuration on s.ranks local processes (the report's step); the raw results."""
+    from ..parallel.spawn import run_local
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "measured.json"
+        run_local(worker, s.ranks, s, str(out))
+        return json.loads(out.read_text())

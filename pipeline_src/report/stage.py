@@ -89,7 +89,7 @@ PAPER_FIELDS = ["config", "arch", "recipe_name", "depth", "world", "tp", "fsdp",
 
 def make_report(cfg: Config, train_dir: str, out_dir: str, rule: str | None, paper_dir: str | None = None) -> dict:
     """Measure, check, model and write the report (Markdown, CSV, JSON, plots) with its MLflow run."""
-    from ..bench.frontend import run as run_measured
+    from .measured import measure_all as run_measured
     from .throughput import measured_hardware
 
     start = time.perf_counter()

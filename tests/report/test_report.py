@@ -31,7 +31,7 @@ def test_collective_names_and_ring_model():
 @pytest.mark.timeout(300)
 def test_projection_equals_a_real_two_rank_run():
     """rank 0 of a fake world of 2 (FakeTensorMode) vs rank 0 of two real gloo processes, same step."""
-    from pipeline_src.bench.frontend import run
+    from pipeline_src.report.measured import measure_all as run
     from pipeline_src.report.stage import projection_check
     from pipeline_src.report.tables import measured_rows
 
