@@ -185,10 +185,9 @@ def _check_training(cfg: dict, source: str) -> None:
     if train["nproc"] % per_job or (dp != "auto" and train["nproc"] != per_job):
         raise ConfigError(source, f"train.nproc {train['nproc']} is not a product of the mesh "
                                   f"(dp {dp} x fsdp {fsdp} x tp {tp})")
-    ev = cfg["evaluate"]
-    ev_mesh, ev_nproc = ev["mesh"] or mesh, ev["nproc"] or train["nproc"]
-    ev_per_job = ev_mesh["tp"] * ev_mesh.get("fsdp", 1) * (1 if ev_mesh.get("dp", "auto") == "auto" else ev_mesh["dp"])
-    if ev_nproc % ev_per_job or (ev_mesh.get("dp", "auto") != "auto" and ev_nproc != ev_per_job):
+    ev_nproc, ev_mesh = job_layout(cfg, "evaluate")
+    ev_per_job = ev_mesh["tp"] * ev_mesh["fsdp"] * (1 if ev_mesh["dp"] == "auto" else ev_mesh["dp"])
+    if ev_nproc % ev_per_job or (ev_mesh["dp"] != "auto" and ev_nproc != ev_per_job):
         raise ConfigError(source, f"evaluate.nproc {ev_nproc} is not a product of the evaluation mesh {ev_mesh}")
     for key in ("train", "evaluate"):
         try:
@@ -219,11 +218,18 @@ def _check_training(cfg: dict, source: str) -> None:
                                       f"{smallest} channels of the smallest partition")
 
 
-def job_placement(cfg: dict, stage: str) -> Placement:
-    """Nodes and tasks per node of a training or evaluation job (stage: train | evaluate)."""
+def job_layout(cfg: dict, stage: str) -> tuple[int, dict]:
+    """(ranks, mesh {tp, fsdp, dp}) of a training or evaluation job (stage: train | evaluate); the
+    evaluation's default to the training's."""
     train, ev = cfg["train"], cfg["evaluate"]
     ranks = train["nproc"] if stage == "train" else ev["nproc"] or train["nproc"]
     mesh = train["mesh"] if stage == "train" else ev["mesh"] or train["mesh"]
+    return ranks, {"tp": mesh["tp"], "fsdp": mesh.get("fsdp", 1), "dp": mesh.get("dp", "auto")}
+
+
+def job_placement(cfg: dict, stage: str) -> Placement:
+    """Nodes and tasks per node of a training or evaluation job (stage: train | evaluate)."""
+    ranks, mesh = job_layout(cfg, stage)
     return place(ranks, cfg["hpc"]["ranks_per_node"], mesh["tp"], f"{stage}.nproc {ranks} at tp {mesh['tp']}")
 
 

@@ -77,8 +77,9 @@ def _client(mlflow_cfg: dict):
     return MlflowClient(tracking_uri=tracking_uri(mlflow_cfg))
 
 
-# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, prompts);
-# tagged as model development it opens on the runs.
+# Marks the experiment as model development (not GenAI) for MLflow 3 clients that read the tag.
+# MLflow 3.17's UI ignores it (checked in headless Chromium): its own GenAI / Model training
+# switch decides, so the README links the runs with ?workflowType=machine_learning.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 

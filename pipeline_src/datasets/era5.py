@@ -26,6 +26,7 @@ from ..io import InputError, read_json
 from . import Batch, step_generator
 
 SPACES = ("anomaly", "absolute")
+CLIMATOLOGY_CACHE_BYTES = 512 * 2**20  # a climatology's declared channels up to this are held in memory
 
 
 def _open_store(path: Path, what: str, wrap=None) -> xr.Dataset:
@@ -56,6 +57,33 @@ def _selector(indices: list[int]) -> slice | list[int]:
     if indices and indices == list(range(indices[0], indices[-1] + 1)):
         return slice(indices[0], indices[-1] + 1)
     return indices
+
+
+class _DeclaredChannels:
+    """The channels a reader of a store declared it will read, and their in-memory copy, loaded at
+    the first read when it fits (in the loader's worker, so the training process holds none)."""
+
+    def __init__(self, store: Path, names: list[str], channels: slice | list[int] | None):
+        self.store, self.names = store, names
+        self.readable = sorted(set(_as_list(channels, len(names))))
+        self._position = {c: i for i, c in enumerate(self.readable)}
+        self.cache, self._loaded = None, False
+
+    def positions(self, channels: slice | list[int] | None) -> tuple[list[int], list[int]]:
+        """(channel indices asked for, their positions in the cache); InputError for an undeclared one."""
+        want = _as_list(channels, len(self.names))
+        foreign = [self.names[c] for c in want if c not in self._position]
+        if foreign:
+            raise InputError(self.store, f"channels {foreign[:4]} were not declared by this reader (use_channels)")
+        return want, [self._position[c] for c in want]
+
+    def cached(self, load, all_bytes: int, limit: int) -> np.ndarray | None:
+        """The declared channels in memory, `load(selector)` once, when their share of all_bytes fits the limit."""
+        if not self._loaded:
+            self._loaded = True
+            if all_bytes // len(self.names) * len(self.readable) <= limit:
+                self.cache = load(_selector(self.readable))
+        return self.cache
 
 
 class ERA5Split:
@@ -90,17 +118,7 @@ class ERA5Split:
 
     def use_channels(self, channels: slice | list[int] | None) -> None:
         """Declare the channels this reader will read (None: all); drops any cache."""
-        self.readable = sorted(set(_as_list(channels, len(self.channels))))
-        self._position = {c: i for i, c in enumerate(self.readable)}
-        self.cache, self._cache_loaded = None, False
-
-    def _cached(self) -> np.ndarray | None:
-        if not self._cache_loaded:
-            self._cache_loaded = True
-            size = self.fields.nbytes // len(self.channels) * len(self.readable)
-            if size <= self.cache_bytes:
-                self.cache = np.asarray(self.fields.variable[:, _selector(self.readable)].values, np.float32)
-        return self.cache
+        self.declared = _DeclaredChannels(self.store, self.channels, channels)
 
     def lead_steps(self, lead_days: float) -> int:
         """Time steps in `lead_days`; InputError if not whole or not shorter than the split."""
@@ -116,14 +134,11 @@ class ERA5Split:
     def read(self, indices, channels: slice | list[int] | None = None) -> np.ndarray:
         """Fields at the given time indices, (n, C, H, W) float32; only `channels` when given.
         InputError for a channel the reader did not declare."""
-        want = _as_list(channels, len(self.channels))
-        foreign = [c for c in want if c not in self._position]
-        if foreign:
-            raise InputError(self.store, f"channels {[self.channels[c] for c in foreign[:4]]} were not declared "
-                                         f"by this reader (use_channels)")
-        cache = self._cached()
+        want, positions = self.declared.positions(channels)
+        cache = self.declared.cached(lambda pick: np.asarray(self.fields.variable[:, pick].values, np.float32),
+                                     self.fields.nbytes, self.cache_bytes)
         if cache is not None:
-            return cache[np.asarray(indices, dtype=np.int64)][:, [self._position[c] for c in want]]
+            return cache[np.asarray(indices, dtype=np.int64)][:, positions]
         var = self.fields.variable  # Variable indexing skips DataArray overhead (~2x faster)
         pick = _selector(want)
         return np.stack([np.asarray(var[int(t), pick].values, dtype=np.float32) for t in indices])
@@ -142,9 +157,9 @@ class Climatology:
         if "climatology" not in ds:
             raise InputError(self.store, "not a climatology store: no variable 'climatology'")
         self.ds = ds
-        channels = [str(c) for c in ds["channel"].values]
-        if channels != split.channels:
-            raise InputError(self.store, f"climatology channels {channels} differ from {split.store}'s "
+        self.channels = [str(c) for c in ds["channel"].values]
+        if self.channels != split.channels:
+            raise InputError(self.store, f"climatology channels {self.channels} differ from {split.store}'s "
                                          f"{split.channels}")
         if not (np.allclose(ds["latitude"].values, split.latitudes)
                 and np.allclose(ds["longitude"].values, split.longitudes)):
@@ -156,16 +171,7 @@ class Climatology:
     def use_channels(self, channels: slice | list[int] | None) -> None:
         """Declare the channels to be looked up (None: all). Small climatologies (the default's:
         42 MB) are held in memory for those channels, read at the first lookup; large ones per time."""
-        self.readable = sorted(set(_as_list(channels, self.array.sizes["channel"])))
-        self._position = {c: i for i, c in enumerate(self.readable)}
-        self.cache, self._cache_loaded = None, False
-
-    def _cached(self) -> np.ndarray | None:
-        if not self._cache_loaded:
-            self._cache_loaded = True
-            if self.array.nbytes // self.array.sizes["channel"] * len(self.readable) < 512 * 2**20:
-                self.cache = np.asarray(self.array.variable[:, :, _selector(self.readable)].values)
-        return self.cache
+        self.declared = _DeclaredChannels(self.store, self.channels, channels)
 
     def at(self, times, channels: slice | list[int] | None = None) -> np.ndarray:
         """Climatology at each valid time (day of year and hour), (n, C, H, W) float32; only `channels` when given."""
@@ -175,13 +181,11 @@ class Climatology:
             raise InputError(self.store, f"no climatology for hour(s) {missing} (has {self.hours})")
         doy = np.asarray(times.day_of_year) - 1
         hour = np.array([self.hours.index(h) for h in times.hour])
-        want = _as_list(channels, self.array.sizes["channel"])
-        foreign = [c for c in want if c not in self._position]
-        if foreign:
-            raise InputError(self.store, f"channels {foreign[:4]} were not declared (use_channels)")
-        cache = self._cached()
+        want, positions = self.declared.positions(channels)
+        cache = self.declared.cached(lambda pick: np.asarray(self.array.variable[:, :, pick].values),
+                                     self.array.nbytes, CLIMATOLOGY_CACHE_BYTES)
         if cache is not None:
-            return cache[doy, hour][:, [self._position[c] for c in want]].astype(np.float32)
+            return cache[doy, hour][:, positions].astype(np.float32)
         var, pick = self.array.variable, _selector(want)
         return np.stack([np.asarray(var[int(d), int(h), pick].values, np.float32) for d, h in zip(doy, hour)])
 

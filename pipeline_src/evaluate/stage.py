@@ -14,7 +14,7 @@ from pathlib import Path
 import xarray as xr
 
 from .. import tracking
-from ..config import Config
+from ..config import Config, job_layout
 from ..io import InputError, atomic_path, read_json, write_json
 from ..parallel.mesh import is_main
 from . import plots, wb2
@@ -28,12 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def _mesh(cfg: Config) -> dict:
-    m = cfg.data["evaluate"]["mesh"] or cfg.data["train"]["mesh"]
-    return {"tp": m["tp"], "fsdp": m.get("fsdp", 1), "dp": m.get("dp", "auto")}
+    return job_layout(cfg.data, "evaluate")[1]
 
 
 def _nproc(cfg: Config) -> int:
-    return cfg.data["evaluate"]["nproc"] or cfg.data["train"]["nproc"]
+    return job_layout(cfg.data, "evaluate")[0]
 
 
 def _log_rows(run, rows: list[dict]) -> None:

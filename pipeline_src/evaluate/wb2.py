@@ -17,7 +17,7 @@ import pandas as pd
 import xarray as xr
 
 from ..era5.channels import PRESSURE_VARS, SINGLE_VARS  # the channel catalogue (as config.py reads it)
-from ..io import atomic_path
+from ..io import InputError, atomic_path
 
 STATIC_NAMES = {"lsm": "land_sea_mask"}
 
@@ -79,7 +79,6 @@ def truth_dataset(data, init_times: np.ndarray, lead_hours: list[int], channels:
     valid = pd.DatetimeIndex(sorted({pd.Timestamp(t) + pd.Timedelta(hours=h) for t in init_times for h in lead_hours}))
     index = split_times.get_indexer(valid)
     if (index < 0).any():
-        raise ValueError(f"valid times missing from the split: {list(valid[index < 0][:3])}")
-    targets = [data.split.channels.index(c) for c in channels]
-    fields = data.split.read(list(index))[:, targets]
+        raise InputError(data.split.store, f"valid times missing from the split: {list(valid[index < 0][:3])}")
+    fields = data.split.read(list(index), [data.split.channels.index(c) for c in channels])
     return wb2_dataset(fields, valid, channels, units, data.split.latitudes, data.split.longitudes)

@@ -105,11 +105,6 @@ class StepCheckpoints:
         future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.group)
         self._pending = (future, tmp, path, meta, optimizer is not None)
 
-    @property
-    def in_flight(self) -> bool:
-        """True while an asynchronous save is not committed yet."""
-        return self._pending is not None
-
     def written_here(self) -> bool:
         """True when this rank has no save in flight or has finished writing its shards."""
         return self._pending is None or self._pending[0].done()

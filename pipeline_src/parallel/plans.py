@@ -124,8 +124,7 @@ def private_modules(model: nn.Module) -> dict[str, nn.Module]:
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = False) -> None:
     """Megatron-style TP on every block (heads and MLP split) and cross-attention pool, D-CHAG privates
     excepted; attention distance biases keep the slopes of the rank's heads."""
-    private = [m for m in private_modules(model).values()]
-    inside_private = {id(sub) for m in private for sub in m.modules()}
+    inside_private = {id(sub) for m in private_modules(model).values() for sub in m.modules()}
     for module in list(model.modules()):
         if id(module) in inside_private:
             continue  # rank-private partial aggregators are not TP-sharded

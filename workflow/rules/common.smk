@@ -45,7 +45,6 @@ TRAIN_VARIANTS = {v["name"]: v for v in TRAIN["variants"]}
 TRAIN_DIR = f"{RESULTS}/train"
 EVAL = CFG.data["evaluate"]
 EVAL_DIR = f"{RESULTS}/evaluation"
-EVAL_NPROC = EVAL["nproc"] or TRAIN["nproc"]
 # Nodes and tasks per node of the rank-launching jobs, from their ranks and hpc.ranks_per_node.
 TRAIN_PLACEMENT = pipeline_config.job_placement(CFG.data, "train")
 EVAL_PLACEMENT = pipeline_config.job_placement(CFG.data, "evaluate")

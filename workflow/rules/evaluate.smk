@@ -21,7 +21,7 @@ rule evaluate:
         rule_name="evaluate",
     log:
         f"{LOGS}/evaluate/{{variant}}.log",
-    threads: EVAL_NPROC
+    threads: EVAL_PLACEMENT.ranks
     resources:
         mem_mb=4000,
         runtime=30,
