@@ -211,7 +211,8 @@ def test_training_logs_references_and_a_heldout_curve(tmp_path, monkeypatch):
     import torch.distributed as dist
 
     from pipeline_src.parallel.spawn import free_port
-    from pipeline_src.train.loop import TrainJob, TrainSettings, run_training
+    from pipeline_src.train.loop import TrainJob, run_training
+    from pipeline_src.train.settings import MaeData, ModelSettings, train_sections
 
     # one process in this pytest process: a free port, and no process group or MASTER_* left
     # behind (later tests launch ranks that would inherit them)
@@ -224,14 +225,15 @@ def test_training_logs_references_and_a_heldout_curve(tmp_path, monkeypatch):
         plants = torch.stack([data.plant_mask(i) for i in ids])
         plants[0] = False  # a bare tile: never drawn with plant sampling
         _tile_store(tmp_path / f"{split}.zarr", torch.stack([data.tile(i) for i in ids]), plants)
-    model = {"arch": "tp-baseline", "dim": 16, "depth": 1, "heads": 2, "agg_heads": 2, "mlp_ratio": 2.0,
-             "patch": 4, "partitions": 1, "tree": [], "decoder_depth": 1}
-    job_data = {"source": "hyperspectral", "bands": 8, "image": [16, 16], "mask_ratio": 0.75, "seed": 0,
-                "loss": "plant", "norm_pix": False, "sampling": "plant", "heldout_every": 2,
-                "store": str(tmp_path / "train.zarr"), "heldout_store": str(tmp_path / "val.zarr")}
+    model = ModelSettings(arch="tp-baseline", dim=16, depth=1, heads=2, agg_heads=2, mlp_ratio=2.0, patch=4,
+                          partitions=1)
+    job_data = MaeData(source="hyperspectral", bands=8, image=(16, 16), mask_ratio=0.75, seed=0, loss="plant",
+                       sampling="plant", heldout_every=2, store=str(tmp_path / "train.zarr"),
+                       heldout_store=str(tmp_path / "val.zarr"))
     out = tmp_path / "run"
-    job = TrainJob("m", "mae", model, TrainSettings(steps=5, micro_batch=2, log_every=5, checkpoint_every=0),
-                   out, out / "final", out / "summary.json", job_data, plot_path=out / "loss.png")
+    job = TrainJob("m", "mae", model, data=job_data, run_dir=out, final_dir=out / "final",
+                   summary_path=out / "summary.json", plot_path=out / "loss.png",
+                   **train_sections(steps=5, micro_batch=2, log_every=5, checkpoint_every=0))
     try:
         summary = run_training(job)
     finally:
@@ -253,6 +255,7 @@ def test_heldout_curve_pools_its_mask_draws(tmp_path):
     from contextlib import nullcontext
 
     from pipeline_src.train.mae import HELDOUT_KEYS, MaeTraining
+    from pipeline_src.train.settings import MaeData
 
     data = SyntheticSpectralTiles(bands=8, image=(16, 16), seed=5)
     ids = range(100, 106)
@@ -261,10 +264,9 @@ def test_heldout_curve_pools_its_mask_draws(tmp_path):
     spec = ModelSpec(arch="tp-baseline", task="mae", channels=8, image=(16, 16), patch=4, dim=16, depth=1,
                      heads=2, agg_heads=2, mlp_ratio=2.0)
     model = build_model(spec, seed=0)
-    settings = {"mask_ratio": 0.75, "heldout_every": 1, "heldout_store": str(store)}
-
     def score(seed, draws):
-        training = MaeTraining({**settings, "seed": seed, "heldout_draws": draws}, spec.patch)
+        data = MaeData(mask_ratio=0.75, heldout_every=1, heldout_store=str(store), seed=seed, heldout_draws=draws)
+        training = MaeTraining(data, spec.patch)
         return training.score_heldout(model, spec, torch.device("cpu"), nullcontext, batch=4)
 
     singles, pooled = [score(3, 1), score(4, 1)], score(3, 2)

@@ -89,9 +89,10 @@ def evaluate_forecaster(cfg: Config, variant: str, checkpoint: str, assembled: s
         scores, example, data, forecasts = run_forecast_eval(job)
         if is_main():
             rows = write_system(scores, example, data, Path(out_dir), variant)
-            write_forecasts(forecasts, data, Path(out_dir) / "data")
+            write_forecasts(forecasts, data, Path(out_dir))
             _log_rows(run, rows)
-            run.set_tags({"metric_conventions": CONVENTIONS})
+            run.set_tags({"metric_conventions": CONVENTIONS,
+                          "wb2_forecast": str((Path(out_dir) / "forecast.zarr").resolve())})
             run.log_metrics({"seconds": time.perf_counter() - start, "n_inits": scores.count})
             for name in ("metrics.csv", "summary.json", "data", "plots"):
                 run.log_artifact(Path(out_dir) / name, None if name.endswith((".csv", ".json")) else name)

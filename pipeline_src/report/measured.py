@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from ..model.build import ModelSpec
 from ..parallel.mesh import build_mesh, init_distributed, launch_env, pick_device, resolve_mesh
-from ..train.engine import build_engine
+from ..train.engine import build_engine, recipe_options
 from ..train.losses import forecast_loss
 from .collectives import CollectiveLog
 from .traffic import StepTraffic
@@ -123,7 +123,7 @@ def _peak(engine, batch, device) -> dict:
 
 def measure(spec: ModelSpec, mesh, device, s: MeasureSettings) -> dict:
     """Peak memory, collectives, FLOPs and samples/s of one training step on this rank."""
-    engine = build_engine(spec, mesh, device, s, seed=0)  # the training loop's engine and recipe
+    engine = build_engine(spec, mesh, device, seed=0, **recipe_options(s))  # the training loop's engine and recipe
     batch = step_inputs(spec, s.batch, device)
     forecast_step(engine, *batch)  # warm-up: optimizer state exists from here on
     result = _peak(engine, batch, device)

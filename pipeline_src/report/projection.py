@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from ..model.build import ModelSpec
 from ..parallel.mesh import build_mesh, resolve_mesh
-from ..train.engine import build_engine
+from ..train.engine import build_engine, recipe_options
 from .collectives import CollectiveLog
 from .traffic import StepTraffic
 from .measured import forecast_step, step_inputs
@@ -63,7 +63,7 @@ def fake_step(spec: ModelSpec, world: int, tp: int, fsdp: int, recipe: StepRecip
         mesh = build_mesh(resolve_mesh(world, tp, fsdp), "cpu")
         device = torch.device("cpu")
         fake_mode = FakeTensorMode()
-        engine = build_engine(spec, mesh, device, recipe, seed=None, fake_mode=fake_mode)
+        engine = build_engine(spec, mesh, device, seed=None, fake_mode=fake_mode, **recipe_options(recipe))
         with fake_mode:
             batch = step_inputs(spec, recipe.micro_batch)
             if recipe.warmup:  # untracked: AdamW makes its state, DTensor caches its sharding decisions

@@ -72,10 +72,18 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
-def build_engine(spec: ModelSpec, mesh: DeviceMesh, device: torch.device, settings, seed: int | None,
+def recipe_options(recipe) -> dict:
+    """build_engine's keywords from a step recipe (the projection's and the measured runs')."""
+    return dict(precision=recipe.precision, lr=recipe.lr, weight_decay=recipe.weight_decay,
+                recompute=recipe.activation_checkpointing, sequence_parallel=recipe.sequence_parallel)
+
+
+def build_engine(spec: ModelSpec, mesh: DeviceMesh, device: torch.device, *, seed: int | None, precision: str,
+                 lr: float, weight_decay: float, recompute: str = "none", sequence_parallel: bool = False,
                  fake_mode=None) -> Engine:
-    """The rank's engine for `spec` on `mesh` with the train settings' precision, recompute,
-    sequence parallelism and optimizer; seed=None leaves the weights unset (a checkpoint fills them).
+    """The rank's engine for `spec` on `mesh`: precision (train.precision), recompute
+    (activation_checkpointing), sequence parallelism and the AdamW optimizer; seed=None leaves
+    the weights unset (a checkpoint fills them).
 
     fake_mode (a FakeTensorMode, for projections): the model is built as fake tensors on
     `device` directly (fake tensors cannot be swapped in for meta ones) and cut outside
@@ -87,15 +95,15 @@ def build_engine(spec: ModelSpec, mesh: DeviceMesh, device: torch.device, settin
         with torch.device("meta"):  # nothing allocated until this rank's share is known
             model = build_model(spec, seed=None)
     total = num_params(model)
-    bf16 = uses_bf16(settings.precision, device)
+    bf16 = uses_bf16(precision, device)
     fsdp_on = mesh["dp", "fsdp"].size() > 1
     # bf16 under FSDP: bf16 parameters, all-gathers and compute, fp32 gradient reduction.
     # Without FSDP the fp32 weights stay and autocast runs the matmuls in bf16.
     mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if bf16 and fsdp_on else None
-    apply_activation_checkpointing(model, settings.activation_checkpointing)
-    par = parallelize(model, mesh, mp_policy, sequence_parallel=settings.sequence_parallel)
+    apply_activation_checkpointing(model, recompute)
+    par = parallelize(model, mesh, mp_policy, sequence_parallel=sequence_parallel)
     if fake_mode is None:
         materialize(model, device, seed=seed)
-    optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
+    optimizer = make_optimizer(model, lr, weight_decay)
     return Engine(par, optimizer, device, total, bf16 and mp_policy is None)

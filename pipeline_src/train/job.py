@@ -6,11 +6,13 @@ import hashlib
 from pathlib import Path
 
 from ..config import Config
-from .loop import TrainJob, TrainSettings
+from .loop import TrainJob
+from .settings import ForecastData, MaeData, ModelSettings, train_sections
 
-SETTING_KEYS = ("steps", "micro_batch", "grad_accum", "lr", "min_lr_ratio", "warmup_steps",
-                "weight_decay", "grad_clip", "precision", "checkpoint_every", "keep_checkpoints",
-                "log_every", "seed", "activation_checkpointing", "sequence_parallel")
+# train: keys that are not training settings (how the job is launched, the variants themselves)
+NOT_SETTINGS = ("launcher", "nproc", "mesh", "variants")
+MAE_DATA_KEYS = ("source", "bands", "image", "mask_ratio", "seed", "loss", "norm_pix", "sampling", "heldout_every",
+                 "heldout_draws", "augment")
 
 
 def data_version(*files: Path) -> str:
@@ -21,38 +23,38 @@ def data_version(*files: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def train_settings(cfg: Config, variant: dict) -> dict:
+    """The variant's training sections: the config's train: keys, the variant's overrides, the mesh."""
+    t = cfg.data["train"]
+    flat = {k: v for k, v in t.items() if k not in NOT_SETTINGS}
+    flat.update(variant["train"])
+    return train_sections(**flat, **t["mesh"], expected_world=t["nproc"])
+
+
+def job_data(cfg: Config, task: str, assembled, tiles) -> ForecastData | MaeData:
+    """The data section of a forecast or MAE job (paths and the content hash included)."""
+    if task == "forecast":
+        if assembled is None:
+            raise ValueError("a forecast variant needs the assembled ERA5 directory")
+        f, assembled = cfg.data["forecast"], Path(assembled)
+        return ForecastData(assembled=str(assembled), space=f["space"], targets=f["targets"], lead_days=f["lead_days"],
+                            version=data_version(assembled / "manifest.json", assembled / "normalization.json"))
+    m = cfg.data["mae"]
+    stores = {}
+    if m["source"] == "hyperspectral":
+        if tiles is None:
+            raise ValueError("an MAE variant on hyperspectral tiles needs the tiles directory")
+        stores = {"store": str(Path(tiles) / "train.zarr"), "heldout_store": str(Path(tiles) / "val.zarr"),
+                  "version": data_version(Path(tiles) / "stats.json")}
+    return MaeData(**{k: m[k] for k in MAE_DATA_KEYS}, **stores)
+
+
 def job_from_config(cfg: Config, variant: str, out_dir: str | Path, assembled: str | Path | None,
                     rule: str | None = None, tiles: str | Path | None = None) -> TrainJob:
     """The TrainJob for one configured variant, writing under out_dir."""
     v = cfg.variant(variant)
-    t = cfg.data["train"]
-    settings = TrainSettings(**{k: v["train"].get(k, t[k]) for k in SETTING_KEYS}, tp=t["mesh"]["tp"],
-                             fsdp=t["mesh"]["fsdp"], dp=t["mesh"]["dp"], expected_world=t["nproc"],
-                             walltime_margin_s=t["walltime_margin_s"], loader_workers=t["loader_workers"],
-                             prefetch=t["prefetch"], checkpoint_async=t["checkpoint_async"],
-                             data_cache_mb=t["data_cache_mb"])
-    if v["task"] == "forecast":
-        if assembled is None:
-            raise ValueError("a forecast variant needs the assembled ERA5 directory")
-        assembled = Path(assembled)
-        data = {"assembled": str(assembled), "space": cfg.data["forecast"]["space"],
-                "targets": list(cfg.data["forecast"]["targets"]),
-                "lead_days": list(cfg.data["forecast"]["lead_days"]),
-                "version": data_version(assembled / "manifest.json", assembled / "normalization.json")}
-    else:
-        m = cfg.data["mae"]
-        data = {"source": m["source"], "bands": m["bands"], "image": list(m["image"]),
-                "mask_ratio": m["mask_ratio"], "seed": m["seed"], "loss": m["loss"], "norm_pix": m["norm_pix"],
-                "sampling": m["sampling"], "heldout_every": m["heldout_every"],
-                "heldout_draws": m["heldout_draws"],
-                "augment": dict(m["augment"])}
-        if m["source"] == "hyperspectral":
-            if tiles is None:
-                raise ValueError("an MAE variant on hyperspectral tiles needs the tiles directory")
-            data["store"] = str(Path(tiles) / "train.zarr")
-            data["heldout_store"] = str(Path(tiles) / "val.zarr")
-            data["version"] = data_version(Path(tiles) / "stats.json")
     out = Path(out_dir)
-    return TrainJob(name=variant, task=v["task"], model=v["model"], settings=settings, run_dir=out,
-                    final_dir=out / "final", summary_path=out / "summary.json", data=data,
-                    mlflow=cfg.mlflow, rule=rule, plot_path=out / "loss.png")
+    return TrainJob(name=variant, task=v["task"], model=ModelSettings(**v["model"]),
+                    data=job_data(cfg, v["task"], assembled, tiles), **train_settings(cfg, v), run_dir=out,
+                    final_dir=out / "final", summary_path=out / "summary.json", mlflow=cfg.mlflow, rule=rule,
+                    plot_path=out / "loss.png")

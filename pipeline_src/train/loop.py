@@ -9,8 +9,6 @@ the masked autoencoder lives in train/tasks.py. Rank 0 logs to MLflow and shows 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import resource
@@ -34,6 +32,8 @@ from ..parallel.plans import data_parallel_rank
 from ..datasets.loader import step_loader
 from .engine import build_engine
 from .schedule import learning_rate
+from .settings import (Checkpointing, ForecastData, MaeData, ModelSettings, Optimisation, Parallelism, Runtime,
+                       run_fingerprint)
 from .tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -41,56 +41,28 @@ PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 @dataclass
-class TrainSettings:
-    """Optimisation and bookkeeping settings of one training run."""
-
-    steps: int = 60
-    micro_batch: int = 4
-    grad_accum: int = 1
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 5
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    precision: str = "auto"  # auto | fp32 | bf16
-    activation_checkpointing: str = "none"  # none | blocks | full
-    sequence_parallel: bool = False
-    checkpoint_every: int = 20
-    keep_checkpoints: int = 2
-    checkpoint_async: bool = False  # write step checkpoints in the background (DCP async_save)
-    log_every: int = 5  # also how often the host syncs: loss check, stop agreement, progress
-    seed: int = 0
-    tp: int = 1
-    fsdp: int = 1
-    dp: int | str = "auto"
-    expected_world: int | None = None  # train.nproc: refuse to start with another number of ranks
-    walltime_margin_s: float = 180.0  # checkpoint and stop this long before the Slurm time limit
-    loader_workers: int = 1  # DataLoader worker processes per rank (0 = read in the training process)
-    prefetch: int = 4  # micro-batches each worker reads ahead
-    data_cache_mb: int = 1024  # hold a rank's ERA5 channels in memory up to this size, else read per step
-
-
-# Not part of what makes two runs the same run (the resume folder's key): a run may be
-# resumed on another mesh, by another launcher, with another margin.
-LAUNCH_SETTINGS = ("tp", "fsdp", "dp", "expected_world", "walltime_margin_s", "loader_workers", "prefetch",
-                   "checkpoint_async", "data_cache_mb")
-
-
-@dataclass
 class TrainJob:
-    """One model variant to train: task, model settings, data, paths and tracking."""
+    """One model variant to train: task, its typed settings sections (train/settings.py), paths, tracking."""
 
     name: str
     task: str  # forecast | mae
-    model: dict  # arch, dim, depth, heads, agg_heads, mlp_ratio, patch, partitions, tree, decoder_depth
-    settings: TrainSettings
+    model: ModelSettings
+    optim: Optimisation
+    data: ForecastData | MaeData
     run_dir: Path
     final_dir: Path
     summary_path: Path
-    data: dict = field(default_factory=dict)
+    parallel: Parallelism = field(default_factory=Parallelism)
+    checkpoint: Checkpointing = field(default_factory=Checkpointing)
+    runtime: Runtime = field(default_factory=Runtime)
     mlflow: dict = field(default_factory=lambda: {"enabled": False})
     rule: str | None = None
     plot_path: Path | None = None
+
+    def sections(self) -> dict:
+        """Every settings section by name (the fingerprint hashes those that define the run)."""
+        return {"model": self.model, "optim": self.optim, "data": self.data, "parallel": self.parallel,
+                "checkpoint": self.checkpoint, "runtime": self.runtime}
 
 
 class Preempted(Exception):
@@ -102,27 +74,11 @@ class Preempted(Exception):
 def model_spec(job: TrainJob, task, tp: int) -> ModelSpec:
     """The model spec from the job's model settings and what the task's data decides."""
     m = job.model
-    partitions = m.get("partitions", "auto")
-    if partitions == "auto":
-        partitions = tp
-    return ModelSpec(arch=m["arch"], task=job.task, patch=m["patch"], dim=m["dim"], depth=m["depth"],
-                     heads=m["heads"], agg_heads=m["agg_heads"], mlp_ratio=float(m["mlp_ratio"]),
-                     partitions=1 if m["arch"] == "tp-baseline" else int(partitions),
-                     tree=tuple(m.get("tree", ())), decoder_depth=m.get("decoder_depth", 1),
-                     pool_sharing=m.get("pool_sharing", "partition"), **task.spec_fields())
-
-
-def run_fingerprint(spec: ModelSpec, s: TrainSettings, data: dict) -> str:
-    """Hash of what makes two runs the same run (the mesh excluded): names the resume folder.
-
-    The D-CHAG partitions are left out too: with model.partitions auto they follow train.mesh.tp,
-    and a run resumed on another mesh must find its checkpoints and be told, by the checkpoint's
-    architecture check, that the partitions differ (instead of silently starting anew).
-    """
-    settings = {k: v for k, v in vars(s).items() if k not in LAUNCH_SETTINGS}
-    model = {k: v for k, v in spec.to_dict().items() if k != "partitions"}
-    blob = json.dumps({"spec": model, "settings": settings, "data": data}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    partitions = tp if m.partitions == "auto" else int(m.partitions)
+    return ModelSpec(arch=m.arch, task=job.task, patch=m.patch, dim=m.dim, depth=m.depth, heads=m.heads,
+                     agg_heads=m.agg_heads, mlp_ratio=float(m.mlp_ratio),
+                     partitions=1 if m.arch == "tp-baseline" else partitions, tree=m.tree,
+                     decoder_depth=m.decoder_depth, pool_sharing=m.pool_sharing, **task.spec_fields())
 
 
 def _resume(job: TrainJob, latest: Path, model, optimizer, spec: ModelSpec, tp: int) -> dict:
@@ -133,7 +89,7 @@ def _resume(job: TrainJob, latest: Path, model, optimizer, spec: ModelSpec, tp: 
         saved = ckpt.read_meta(latest).get("spec", {}).get("partitions")
         if saved is None or saved == spec.partitions:
             raise
-        configured = job.model.get("partitions", "auto")
+        configured = job.model.partitions
         why = (f"model.partitions auto follows train.mesh.tp, now {tp}: pin model.partitions: {saved} to resume "
                f"this run on the new mesh (DCP reshards it; tp must divide {saved})" if configured == "auto" else
                f"model.partitions is now {configured}: set it back to {saved} to resume this run")
@@ -211,32 +167,34 @@ class _Setup:
 
 def _setup(job: TrainJob) -> _Setup:
     """Start the process group and mesh, open the task's data, build and parallelize the model."""
-    s = job.settings
+    o, p = job.optim, job.parallel
     env = launch_env()
-    check_world(env, s.expected_world, "train.nproc")
+    check_world(env, p.expected_world, "train.nproc")
     device = pick_device(env.local_rank)
     init_distributed(env, device)
-    shape = resolve_mesh(env.world_size, s.tp, s.fsdp, s.dp)
+    shape = resolve_mesh(env.world_size, p.tp, p.fsdp, p.dp)
     mesh = build_mesh(shape, device.type)
     task = TASKS[job.task](job)
-    spec = model_spec(job, task, s.tp)
+    spec = model_spec(job, task, p.tp)
     try:
         check_spec(spec)
     except ValueError as err:
         raise ConfigError(f"train.variants[{job.name}]", str(err)) from None
-    engine = build_engine(spec, mesh, device, s, seed=s.seed)
+    engine = build_engine(spec, mesh, device, seed=o.seed, precision=o.precision, lr=o.lr,
+                          weight_decay=o.weight_decay, recompute=p.activation_checkpointing,
+                          sequence_parallel=p.sequence_parallel)
     front = getattr(engine.model, "front", None)
     task.prepare(spec, front.input_span() if hasattr(front, "input_span") else None, device)
     shard, shards = data_parallel_rank(mesh)
     meta = {"fingerprint": spec.fingerprint(), "spec": spec.to_dict(), "variant": job.name, "task": job.task,
             "mesh": {"dp": shape.dp, "fsdp": shape.fsdp, "tp": shape.tp}, **task.meta()}
-    return _Setup(env, device, shape, task, spec, engine, s.micro_batch * shards,
-                  slice(shard * s.micro_batch, (shard + 1) * s.micro_batch), meta)
+    return _Setup(env, device, shape, task, spec, engine, o.micro_batch * shards,
+                  slice(shard * o.micro_batch, (shard + 1) * o.micro_batch), meta)
 
 
 def _train_step(job: TrainJob, st: _Setup, batches, lr: float):
     """One optimizer step over grad_accum micro-batches: (mean loss, mean extras, grad norm), on device."""
-    s, engine, model = job.settings, st.engine, st.engine.model
+    s, engine, model = job.optim, st.engine, st.engine.model
     loss_sum = torch.zeros((), device=st.device)
     extra_sum = torch.zeros(len(st.task.extras), device=st.device)
     for micro in range(s.grad_accum):
@@ -266,20 +224,20 @@ def _deadline(job: TrainJob) -> float | None:
     if end is None:
         return None
     log.info("%s: Slurm time limit in %.0f s; stopping with a checkpoint %.0f s before it",
-             job.name, end - time.time(), job.settings.walltime_margin_s)
-    return end - job.settings.walltime_margin_s
+             job.name, end - time.time(), job.checkpoint.walltime_margin_s)
+    return end - job.checkpoint.walltime_margin_s
 
 
 def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) -> dict:
     """Train job on this rank (all ranks call it); return the summary. Raises Preempted on a stop signal."""
-    s = job.settings
+    s, c, r = job.optim, job.checkpoint, job.runtime
     st = _setup(job)
     spec, model, optimizer = st.spec, st.engine.model, st.engine.optimizer
-    # Resume only the same run: same architecture, optimisation settings and data. The mesh
-    # is left out on purpose, since DCP reshards a checkpoint to another world size.
-    run_key = run_fingerprint(spec, s, job.data)
+    # Resume only the same run: the sections that define it (model, optimisation, data). The
+    # mesh is left out on purpose, since DCP reshards a checkpoint to another world size.
+    run_key = run_fingerprint(job.sections())
     ckpt_root = Path(job.run_dir) / "checkpoints" / run_key
-    checkpoints = ckpt.StepCheckpoints(ckpt_root, s.keep_checkpoints, s.checkpoint_async)
+    checkpoints = ckpt.StepCheckpoints(ckpt_root, c.keep_checkpoints, c.checkpoint_async)
     others = [p.name for p in ckpt_root.parent.glob("*") if p.is_dir() and p.name != run_key]
     if others and is_main():
         log.warning("%s: checkpoints of other configurations in %s are not resumed: %s",
@@ -287,14 +245,15 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
     start, history = 0, []
     latest = ckpt.latest_checkpoint(ckpt_root)
     if latest is not None:
-        loaded = _resume(job, latest, model, optimizer, spec, s.tp)
+        loaded = _resume(job, latest, model, optimizer, spec, job.parallel.tp)
         start = int(loaded["step"])
         history = list(loaded.get("history", []))
         log.info("resumed %s from %s (step %d)", job.name, latest, start)
 
     params = {"variant": job.name, "task": job.task, **{f"model.{k}": v for k, v in spec.to_dict().items()
                                                        if k != "channel_names"},
-              **{f"train.{k}": v for k, v in vars(s).items()}, "world_size": st.env.world_size,
+              **{f"train.{k}": v for name, sec in job.sections().items() if name not in ("model", "data")
+                 for k, v in vars(sec).items()}, "world_size": st.env.world_size,
               "launcher": st.env.launcher, "device": st.device.type, "parameters": st.engine.total_params,
               **st.task.params()}
     # keyed by the run fingerprint: an attempt that resumes this run continues its MLflow run
@@ -304,7 +263,7 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
         progress = _progress(is_main(), start, s.steps, job.name)
         t_last, samples_since, pending, pending_heldout = time.perf_counter(), 0, [], {}
         batches = iter(step_loader(st.task.fetcher(s.seed, st.global_batch, st.rows), start, s.steps,
-                                   s.grad_accum, s.loader_workers, s.prefetch))
+                                   s.grad_accum, r.loader_workers, r.prefetch))
         for step in range(start, s.steps):
             lr = learning_rate(step, s.lr, s.warmup_steps, s.steps, s.min_lr_ratio)
             loss_sum, extra_sum, norm = _train_step(job, st, batches, lr)
@@ -314,10 +273,10 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
             heldout = st.task.heldout(model, spec, st.device, st.engine.autocast, done, s.steps)
             if on_step is not None:
                 on_step(done)
-            at_checkpoint = s.checkpoint_every and done % s.checkpoint_every == 0 and done < s.steps
+            at_checkpoint = c.checkpoint_every and done % c.checkpoint_every == 0 and done < s.steps
             if heldout is not None:
                 pending_heldout[done] = heldout
-            if not (done % s.log_every == 0 or done == s.steps or at_checkpoint):
+            if not (done % r.log_every == 0 or done == s.steps or at_checkpoint):
                 continue  # no host sync on this step
             rows, norms, stop_now, all_written = _sync(pending, stop, checkpoints, st.device)
             checkpoints.commit_if(all_written)
@@ -347,7 +306,7 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
 
 def _finish(job: TrainJob, st: _Setup, run, history: list[dict], start: int, ckpt_root: Path) -> dict:
     """Final checkpoint, summary.json, loss plot and MLflow records of a completed run."""
-    s = job.settings
+    s = job.optim
     ckpt.save_checkpoint(job.final_dir, st.engine.model, None, {**st.meta, "step": s.steps})
     peaks = _gather_objects(_peak_memory_mb(st.device))
     rates = [h["samples_per_s"] for h in history if "samples_per_s" in h]

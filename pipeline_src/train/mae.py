@@ -13,16 +13,15 @@ HELDOUT_KEYS = ("heldout_loss", "heldout_ref_zero", "heldout_ref_visible_mean", 
 
 
 class MaeTraining:
-    """Loss, references and held-out scoring of one MAE run (job.data holds the settings)."""
+    """Loss, references and held-out scoring of one MAE run (its MaeData holds the settings)."""
 
-    def __init__(self, data: dict, patch: int):
-        self.objective = MaeObjective(patch, plant_only=data.get("loss", "plant") == "plant",
-                                      norm_pix=bool(data.get("norm_pix", False)))
-        self.mask_ratio = data["mask_ratio"]
-        self.seed = data.get("seed", 0)
-        self.every = int(data.get("heldout_every", 0))
-        self.draws = int(data.get("heldout_draws", 1))
-        store = data.get("heldout_store")
+    def __init__(self, data, patch: int):
+        self.objective = MaeObjective(patch, plant_only=data.loss == "plant", norm_pix=bool(data.norm_pix))
+        self.mask_ratio = data.mask_ratio
+        self.seed = data.seed
+        self.every = int(data.heldout_every)
+        self.draws = int(data.heldout_draws)
+        store = data.heldout_store
         self.heldout = SpectralTiles(store) if store and self.every else None
 
     def loss(self, model, batch, device, autocast) -> tuple[torch.Tensor, torch.Tensor]:

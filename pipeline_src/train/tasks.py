@@ -24,8 +24,8 @@ class ForecastTask:
     def __init__(self, job):
         self.job = job
         d = job.data
-        self.data = ERA5Forecast(d["assembled"], "train", d["targets"], d["lead_days"], d.get("space", "anomaly"),
-                                 cache_bytes=job.settings.data_cache_mb * 2**20)
+        self.data = ERA5Forecast(d.assembled, "train", list(d.targets), list(d.lead_days), d.space,
+                                 cache_bytes=job.runtime.data_cache_mb * 2**20)
         self.lat_w = None
 
     def spec_fields(self) -> dict:
@@ -86,27 +86,25 @@ class MaeTask:
     def __init__(self, job):
         self.job = job
         d = job.data
-        self.data = SpectralTiles(d["store"]) if d.get("source") == "hyperspectral" else \
-            SyntheticSpectralTiles(d["bands"], tuple(d["image"]), d.get("seed", 0))
-        self.augment = Augment.from_config(d.get("augment"))
+        self.data = SpectralTiles(d.store) if d.source == "hyperspectral" else \
+            SyntheticSpectralTiles(d.bands, d.image, d.seed)
+        self.augment = Augment.from_config(d.augment)
         self.training: MaeTraining | None = None
 
     def spec_fields(self) -> dict:
         """The model settings the data decides: bands and tile size; the decoder's distance slopes."""
-        slopes = tuple(float(v) for v in self.job.model.get("decoder_slopes", ()))
-        return dict(channels=self.data.bands, image=self.data.image, decoder_slopes=slopes)
+        return dict(channels=self.data.bands, image=self.data.image, decoder_slopes=self.job.model.decoder_slopes)
 
     def meta(self) -> dict:
         """What evaluation needs from the checkpoint: the mask ratio and the objective."""
         d = self.job.data
-        return {"mask_ratio": d["mask_ratio"],
-                "objective": {"loss": d.get("loss", "plant"), "norm_pix": bool(d.get("norm_pix", False))}}
+        return {"mask_ratio": d.mask_ratio, "objective": {"loss": d.loss, "norm_pix": bool(d.norm_pix)}}
 
     def params(self) -> dict:
         """The objective and data choices of the MAE."""
         d = self.job.data
         choices = ("mask_ratio", "loss", "norm_pix", "sampling", "heldout_draws")
-        return {**{f"mae.{k}": d.get(k) for k in choices},
+        return {**{f"mae.{k}": getattr(d, k) for k in choices},
                 "mae.augment.flips": self.augment.flips, "mae.augment.shift": self.augment.shift}
 
     def prepare(self, spec, input_span, device) -> None:
@@ -117,8 +115,7 @@ class MaeTask:
     def fetcher(self, seed: int, global_batch: int, rows: slice):
         """fetch(step, micro) -> this rank's micro-batch (picklable for the loader's workers)."""
         d = self.job.data
-        return _MaeFetch(self.data, seed, global_batch, rows, d.get("mask_ratio"), self.patch,
-                         d.get("sampling", "uniform"), self.augment)
+        return _MaeFetch(self.data, seed, global_batch, rows, d.mask_ratio, self.patch, d.sampling, self.augment)
 
     def loss(self, model, batch, device, autocast) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked plant-pixel loss, the references' losses on the same pixels)."""

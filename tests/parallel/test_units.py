@@ -138,17 +138,57 @@ def test_schedule_and_latitude_weights():
     assert w.mean().item() == pytest.approx(1.0) and w[16] > w[0]
 
 
-def test_resume_folder_ignores_the_mesh_but_not_the_run():
-    from pipeline_src.train.loop import TrainSettings, run_fingerprint
+def _changed(value):
+    """Another value of the same kind (for flipping one setting)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, tuple):
+        return value + (1,)
+    if isinstance(value, dict):
+        return {**value, "changed": 1}
+    return 1  # None
 
-    spec = ModelSpec(arch="dchag-L", task="mae", channels=6, image=(8, 8), patch=4, dim=8,
-                     depth=1, heads=2, agg_heads=2, partitions=2)
-    base = run_fingerprint(spec, TrainSettings(tp=2), {"store": "t.zarr"})
-    assert run_fingerprint(spec, TrainSettings(tp=2, fsdp=2, dp=1), {"store": "t.zarr"}) == base
-    assert run_fingerprint(spec, TrainSettings(tp=2, lr=0.5), {"store": "t.zarr"}) != base
-    assert run_fingerprint(spec, TrainSettings(tp=2), {"store": "u.zarr"}) != base
-    other = ModelSpec(**{**spec.to_dict(), "image": (8, 8), "tree": (), "channel_names": (), "dim": 16})
-    assert run_fingerprint(other, TrainSettings(tp=2), {"store": "t.zarr"}) != base
+
+def test_resume_folder_follows_exactly_the_run_defining_sections():
+    """Every field of every section, flipped alone: the resume folder's key changes iff its section
+    defines the run (model, optimisation, data) and the field is not marked unfingerprinted (the
+    D-CHAG partitions); the mesh, checkpointing and runtime never move it."""
+    import dataclasses
+
+    from pipeline_src.train.settings import (ForecastData, MaeData, ModelSettings, run_fingerprint,
+                                             train_sections)
+
+    for data in (MaeData(store="t.zarr"), ForecastData(assembled="a", targets=["z_500"], lead_days=[1.0])):
+        sections = {"model": ModelSettings(arch="dchag-L", partitions=2), "data": data, **train_sections(tp=2)}
+        base = run_fingerprint(sections)
+        seen = 0
+        for name, section in sections.items():
+            for f in dataclasses.fields(section):
+                flipped = {**sections, name: dataclasses.replace(section, **{f.name: _changed(getattr(section, f.name))})}
+                moves = type(section).defines_run and f.metadata.get("fingerprint", True)
+                assert (run_fingerprint(flipped) != base) == moves, (name, f.name)
+                seen += moves
+        assert seen >= 20
+    with pytest.raises(TypeError, match="no section holds: \\['stpes'\\]"):
+        train_sections(stpes=3)
+
+
+def test_every_train_config_key_has_a_section(tmp_path):
+    """The schema's train: keys all reach a section of the job (job_from_config refuses others)."""
+    from pipeline_src import config
+    from pipeline_src.train.job import job_from_config
+
+    cfg = config.load(config.REPO_ROOT / "config.yaml")
+    variant = cfg.data["train"]["variants"][0]["name"]
+    job = job_from_config(cfg, variant, tmp_path, tmp_path, tiles=tmp_path)
+    t = cfg.data["train"]
+    assert job.optim.steps == t["variants"][0].get("train", {}).get("steps", t["steps"])
+    assert job.parallel.tp == t["mesh"]["tp"] and job.parallel.expected_world == t["nproc"]
+    assert job.checkpoint.checkpoint_async == t["checkpoint_async"] and job.runtime.data_cache_mb == t["data_cache_mb"]
 
 
 def test_gather_all_control_computes_the_baseline_function():

@@ -107,17 +107,17 @@ def train_job(tmp: str, name: str, task: str = "mae", arch: str = "dchag-L", tp:
     """A small TrainJob under tmp (synthetic spectral tiles unless data= is given)."""
     from pathlib import Path
 
-    from pipeline_src.train.loop import TrainJob, TrainSettings
+    from pipeline_src.train.loop import TrainJob
+    from pipeline_src.train.settings import ForecastData, MaeData, ModelSettings, train_sections
 
     data = settings.pop("data", {"bands": 12, "image": [16, 16], "mask_ratio": 0.75, "seed": 3})
-    model = {"arch": arch, "dim": 32, "depth": 2, "heads": 4, "agg_heads": 4, "mlp_ratio": 2.0,
-             "patch": 4, "partitions": settings.pop("partitions", 2), "tree": settings.pop("tree", []),
-             "decoder_depth": 1}
-    s = TrainSettings(steps=steps, micro_batch=2, tp=tp, fsdp=fsdp, warmup_steps=2,
-                      checkpoint_every=settings.pop("checkpoint_every", 0), log_every=2, **settings)
+    model = ModelSettings(arch=arch, dim=32, depth=2, heads=4, agg_heads=4, mlp_ratio=2.0, patch=4,
+                          partitions=settings.pop("partitions", 2), tree=settings.pop("tree", []), decoder_depth=1)
+    sections = train_sections(steps=steps, micro_batch=2, tp=tp, fsdp=fsdp, warmup_steps=2,
+                              checkpoint_every=settings.pop("checkpoint_every", 0), log_every=2, **settings)
     run = Path(tmp) / name
-    return TrainJob(name=name, task=task, model=model, settings=s, run_dir=run,
-                    final_dir=run / "final", summary_path=run / "summary.json", data=data)
+    return TrainJob(name=name, task=task, model=model, data=(ForecastData if task == "forecast" else MaeData)(**data),
+                    run_dir=run, final_dir=run / "final", summary_path=run / "summary.json", **sections)
 
 
 def train(job, kill_at_step: int | None = None, sig: str = "SIGTERM", crash_in_save: int | None = None) -> None:
@@ -158,7 +158,7 @@ def train(job, kill_at_step: int | None = None, sig: str = "SIGTERM", crash_in_s
                     done.wait()  # this rank's shards are on disk; the save is not committed
                     os.kill(os.getpid(), signal.SIGKILL)
             return done
-        if job.settings.checkpoint_async:
+        if job.checkpoint.checkpoint_async:
             FileSystemWriter.write_data = write_data
 
     try:

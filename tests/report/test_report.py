@@ -139,3 +139,30 @@ def test_report_needs_its_inputs(tmp_path):
     with pytest.raises(InputError, match="projection.json.*file not found"):
         make_report(cfg, str(tmp_path / "train"), str(tmp_path / "out"), None, str(tmp_path / "paper"))
     assert not (tmp_path / "out").exists()
+
+
+def test_out_of_sample_scores_only_figures_that_did_not_choose_the_recipe():
+    """docs/report.md's table (the closest recipe of a full run): the five TP-only figures chose the
+    recipe, so the headline counts the ten D-CHAG ones, as savings and ratios beside the absolutes."""
+    from pipeline_src.report.render import out_of_sample
+
+    table = {"1.7B 512ch TP2": ((52.5, 32.4, 52.8), (45.7, 26.2, 42.0)),
+             "1.7B 1024ch TP8": ((61.9, 14.0, 24.1), (57.5, 11.9, 20.1)),
+             "7B 512ch TP16": ((61.0, 18.3, 24.4), (61.5, 18.9, 22.3)),
+             "15B 256ch TP16": ((62.8, 28.4, 35.5), (62.5, 30.0, 36.3)),
+             "26B 128ch TP16": ((62.7, 43.9, 50.6), (64.1, 49.7, 54.8))}
+    rows = [{"config": c, "arch": a, "recipe_name": "fit", "logged_gb": lg, "peak_gib": pg,
+             "deviation_pct": 100 * (pg - lg) / lg}
+            for c, (logged, projected) in table.items() for a, lg, pg in zip(paper.ARCHS, logged, projected)]
+    rows.append({"config": "26B 1024ch TP16", "arch": "dchag-L", "recipe_name": "fit", "logged_gb": None,
+                 "peak_gib": 22.0, "deviation_pct": None})
+    oos = out_of_sample(rows, "fit")
+    assert oos["calibrating"] == 5 and oos["n"] == 10
+    assert not any(i["arch"] == "tp-baseline" for i in oos["items"])
+    big = next(i for i in oos["items"] if i["config"] == "26B 128ch TP16" and i["arch"] == "dchag-L")
+    assert big["logged_saving"] == pytest.approx(18.8) and big["saving_error"] == pytest.approx(-4.4)
+    assert oos["saving_mean_abs_gib"] == pytest.approx(2.02, abs=0.005) and oos["saving_max_abs_gib"] == pytest.approx(4.4)
+    assert oos["ratio_within"] == 10  # every ratio to TP-only within 15%, the worst 10.7%
+    misses = {(i["config"], i["arch"]) for i in oos["items"] if abs(i["deviation_pct"]) > 15}
+    assert misses == {("1.7B 512ch TP2", "dchag-L"), ("1.7B 512ch TP2", "dchag-C"), ("1.7B 1024ch TP8", "dchag-C")}
+    assert oos["absolute_within"] == 7  # the rounded table puts 1.7B 1024ch -L at -15.0%

@@ -51,6 +51,7 @@ EVAL_PLACEMENT = pipeline_config.job_placement(CFG.data, "evaluate")
 BASELINES = ("climatology", "persistence")
 HPC_MODULES = CFG.data["hpc"]["modules"]  # loaded for train/evaluate with --use-envmodules
 FORECASTERS = [n for n, v in TRAIN_VARIANTS.items() if v["task"] == "forecast"]
+MAES = [n for n, v in TRAIN_VARIANTS.items() if v["task"] == "mae"]
 
 ERA5_PIECES = [(g, str(y)) for g in ("pressure", "single") if g in CFG.required for y in CFG.all_years]
 if "static" in CFG.required:
@@ -204,6 +205,11 @@ def system_outputs(system):
         "plots": report(directory(f"{EVAL_DIR}/{system}/plots"), patterns=["{name}.png"],
                         caption="../report/evaluate.rst", category="Evaluation", subcategory=system),
     }
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (and nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 def parent_folder(name):

@@ -1,5 +1,7 @@
 # Evaluation: one job per trained variant (ranks launched like training), the climatology and
 # persistence baselines on the same initialisation times, and one scorecard over all of them.
+# Forecasters (rule evaluate) also export their forecasts and the verifying truth in
+# WeatherBench2's layout; the masked autoencoders (rule evaluate_mae) score held-out tiles.
 
 
 rule evaluate_all:
@@ -12,6 +14,10 @@ rule evaluate:
         unpack(evaluate_inputs),
     output:
         **system_outputs("{variant}"),
+        forecast=directory(f"{EVAL_DIR}/{{variant}}/forecast.zarr"),
+        truth=directory(f"{EVAL_DIR}/{{variant}}/truth.zarr"),
+    wildcard_constraints:
+        variant=one_of(FORECASTERS),
     params:
         config_hash=CFG.section_hash("evaluate", "forecast"),
         launch=rank_launcher(EVAL_PLACEMENT),
@@ -34,6 +40,17 @@ rule evaluate:
         "{params.launch} evaluate variant --config $DCHAG_CONFIG --rule {params.rule_name} "
         "--variant {wildcards.variant} --checkpoint {input.checkpoint} --assembled {params.assembled} "
         "--tiles {params.tiles} --output-dir {params.out} > {log} 2>&1"
+
+
+use rule evaluate as evaluate_mae with:
+    output:
+        **system_outputs("{variant}"),
+    wildcard_constraints:
+        variant=one_of(MAES),
+    params:
+        rule_name="evaluate_mae",
+    log:
+        f"{LOGS}/evaluate/{{variant}}.log",
 
 
 rule evaluate_baselines:
@@ -61,7 +78,7 @@ rule evaluate_baselines:
 
 rule scorecard:
     input:
-        variants=expand(rules.evaluate.output.summary, variant=list(TRAIN_VARIANTS)),
+        variants=expand(f"{EVAL_DIR}/{{variant}}/summary.json", variant=list(TRAIN_VARIANTS)),
         baselines=[rules.evaluate_baselines.output[f"{b}_summary"] for b in BASELINES] if FORECASTERS else [],
         training=expand(rules.train.output.summary, variant=list(TRAIN_VARIANTS)),
     output:
