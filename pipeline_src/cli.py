@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from . import config as config_mod
 from .io import InputError
@@ -37,199 +36,74 @@ def cmd_config(args) -> None:
 
 def cmd_acquire(args) -> None:
     """Acquire one raw ERA5 file (group, period) from the configured source."""
-    from .era5.acquire import acquire
-    from .tracking import stage_run
+    from .era5.stage import acquire_stage
 
-    cfg = config_mod.load(args.config)
-    params = {"era5": {k: v for k, v in cfg.era5.items() if k not in ("regrid", "assemble")},
-              "group": args.group, "period": args.period}
-    with stage_run(cfg.mlflow, "era5_acquire", args.rule, params,
-                   wildcards={"group": args.group, "period": args.period}) as run:
-        metrics = acquire(cfg, args.group, args.period, args.output)
-        run.log_metrics(metrics)
-    log.info("acquired %s (%d fields, %.1f s)", args.output, metrics["fields"], metrics["seconds"])
+    acquire_stage(config_mod.load(args.config), args.group, args.period, args.output, args.rule)
 
 
 def cmd_regrid(args) -> None:
     """Regrid one raw file to the 5.625 deg grid and draw the preview map."""
-    from .era5.plots import regrid_preview
-    from .era5.regrid import regrid_file
-    from .tracking import stage_run
+    from .era5.stage import regrid_stage
 
-    cfg = config_mod.load(args.config)
-    params = {"regrid": cfg.era5["regrid"], "grid_deg": cfg.era5["grid_deg"], "source": cfg.era5["source"],
-              "group": args.group, "period": args.period, "input_files": len(args.input)}
-    with stage_run(cfg.mlflow, "era5_regrid", args.rule, params,
-                   wildcards={"group": args.group, "period": args.period}) as run:
-        metrics, before, after = regrid_file(cfg, args.group, args.period, args.input, args.output,
-                                             args.weights_dir)
-        run.set_tags({"regrid_backend": metrics["backend"]})
-        run.log_metrics(metrics)
-        if args.preview:
-            picks = _preview_picks(cfg, args.group, before)
-            regrid_preview(before, after, picks, args.preview,
-                           f"{args.group} {args.period}: {cfg.era5['grid_deg']:g} deg -> 5.625 deg "
-                           f"({metrics['backend']}, {cfg.era5['regrid']['method']})")
-            run.log_artifact(args.preview, "previews")
-        before.close()
-    log.info("regridded %d file(s) -> %s with %s (%.1f fields/s)", metrics["files_read"], args.output,
-             metrics["backend"], metrics["fields_per_s"])
-
-
-def _preview_picks(cfg, group, ds) -> list[tuple[str, str, int | None]]:
-    picks = [(c.name, c.var, c.level) for c in cfg.channels
-             if c.group == group and c.name in cfg.mlflow["preview_channels"]]
-    if not picks:
-        first = next(c for c in cfg.channels if c.group == group)
-        picks = [(first.name, first.var, first.level)]
-    return picks
+    regrid_stage(config_mod.load(args.config), args.group, args.period, args.input, args.output, args.weights_dir,
+                 args.preview, args.rule)
 
 
 def cmd_assemble(args) -> None:
     """Assemble regridded files into split Zarr stores, stats, climatology and manifest."""
-    import xarray as xr
+    from .era5.stage import assemble_stage
 
-    from .era5.assemble import assemble
-    from .tracking import stage_run
-
-    cfg = config_mod.load(args.config)
-    files = {}
-    for path in map(Path, args.inputs):
-        try:
-            with xr.open_dataset(path, engine="netcdf4") as ds:
-                key = (ds.attrs["group"], str(ds.attrs["period"]))
-        except (OSError, KeyError, ValueError) as err:
-            raise InputError(path, f"not a regridded file of this pipeline ({err})") from None
-        files[key] = path
-    needed = {(g, str(y)) for g in cfg.required if g != "static" for y in cfg.all_years}
-    needed |= {("static", "static")} if "static" in cfg.required else set()
-    lost = sorted(needed - set(files))
-    if lost:
-        raise InputError(None, f"assemble: no regridded input for {', '.join('/'.join(k) for k in lost)}")
-    params = {"channels": [c.name for c in cfg.channels], "years": cfg.era5["years"],
-              "hours": cfg.era5["hours"], "assemble": cfg.era5["assemble"], "source": cfg.era5["source"]}
-    out = Path(args.output_dir)
-    with stage_run(cfg.mlflow, "era5_assemble", args.rule, params) as run:
-        metrics = assemble(cfg, files, out)
-        run.log_metrics(metrics)
-        for name in ("normalization.json", "manifest.json"):
-            run.log_artifact(out / name, "data")
-    log.info("assembled %d channels into %s (%.1f s)", metrics["n_channels"], out, metrics["seconds"])
+    assemble_stage(config_mod.load(args.config), args.inputs, args.output_dir, args.rule)
 
 
 def cmd_hs_acquire(args) -> None:
     """Write one synthetic plant scene (raw, white, dark) as ENVI cubes."""
-    from .hyperspectral.synthetic import configured_scene, write_scene
+    from .hyperspectral.stage import acquire_scene
 
-    cfg = config_mod.load(args.config)
-    syn = cfg.hyperspectral["synthetic"]
-    scene = configured_scene(syn, cfg.hyperspectral_images().index(args.image))
-    write_scene(scene, args.output_dir, args.image, "envi", syn["interleave"], syn["dtype"])
-    log.info("wrote synthetic scene %s (%.1f%% leaf)", args.image, 100 * scene.leaves.mean())
+    acquire_scene(config_mod.load(args.config), args.image, args.output_dir)
 
 
 def cmd_hs_preprocess(args) -> None:
     """Calibrate, band-process and mask one cube; write its Zarr, summary and preview."""
-    import zarr
+    from .hyperspectral.stage import preprocess_stage
 
-    from .hyperspectral.plots import preview
-    from .hyperspectral.stage import preprocess_image
-    from .tracking import stage_run
-
-    cfg = config_mod.load(args.config)
-    hs = cfg.hyperspectral
-    params = {"image": args.image, "bands": hs["bands"], "calibrate": hs["calibrate"], "mask": hs["mask"],
-              "source": hs["source"]}
-    with stage_run(cfg.mlflow, "hs_preprocess", args.rule, params, wildcards={"image": args.image}) as run:
-        entry = next((f for f in hs["files"] if f["name"] == args.image), {}) if hs["source"] == "files" else {}
-        summary = preprocess_image(args.raw, args.white, args.dark, hs, args.output, args.summary,
-                                   entry.get("datasets"))
-        run.log_metrics({"plant_fraction": summary["plant_fraction"], "seconds": summary["seconds"],
-                         "megabytes_read": summary["bytes_read"] / 1e6,
-                         "megabytes_per_s": summary["bytes_read"] / 1e6 / summary["seconds"]})
-        run.set_tags({"format": summary["format"], "interleave": summary["interleave"]})
-        g = zarr.open_group(args.output, mode="r")
-        preview(g["reflectance"][:], g["wavelength"][:], g["mask"][:].astype(bool), args.preview,
-                f"{args.image}: {summary['format']} {summary['interleave']}, {summary['bands_out']} bands")
-        run.log_artifact(args.preview, "previews")
-        run.log_artifact(args.summary, "summaries")
-    log.info("%s: %.1f%% plant pixels", args.image, 100 * summary["plant_fraction"])
-
-
-def tile_consumers(cfg) -> dict[str, str]:
-    """Split -> the later stage that reads its tiles: MAE variants train on train, are evaluated on val and test."""
-    maes = [v["name"] for v in cfg.data["train"]["variants"] if v["task"] == "mae"]
-    if not maes or cfg.data["mae"]["source"] != "hyperspectral":
-        return {}
-    names = ", ".join(maes)
-    return {"train": f"training of {names}", "val": f"evaluation of {names}", "test": f"evaluation of {names}"}
+    preprocess_stage(config_mod.load(args.config), args.image, args.raw, args.white, args.dark, args.output,
+                     args.summary, args.preview, args.rule)
 
 
 def cmd_hs_tiles(args) -> None:
     """Band statistics on training plant pixels, then normalised tiles per split."""
-    from .hyperspectral.plots import spectra
-    from .hyperspectral.stage import make_tiles, read_summaries
-    from .tracking import stage_run
+    from .hyperspectral.stage import tiles_stage
 
-    cfg = config_mod.load(args.config)
-    hs = cfg.hyperspectral
-    images = {Path(p).stem: Path(p) for p in args.inputs}
-    params = {"tiles": hs["tiles"], "splits": hs["splits"], "images": sorted(images)}
-    with stage_run(cfg.mlflow, "hs_tiles", args.rule, params) as run:
-        stats = make_tiles(images, hs, args.output_dir, tile_consumers(cfg))
-        if stats["empty_splits"]:
-            run.set_tags({"empty_splits": ",".join(stats["empty_splits"])})
-        summaries = read_summaries(args.summaries)
-        spectra(summaries, args.spectra)
-        run.log_metrics({f"tiles_{k}": v for k, v in stats["tiles"].items()})
-        run.log_metrics({"plant_pixels_train": stats["plant_pixels"],
-                         "mean_plant_fraction": sum(s["plant_fraction"] for s in summaries.values())
-                         / len(summaries)})
-        for band, (wl, mean, std) in enumerate(zip(stats["wavelengths"], stats["mean"], stats["std"])):
-            # one point per band (MLflow step = band index) so the UI plots the spectra
-            run.log_metrics({"band_mean": mean, "band_std": std, "band_wavelength_nm": wl}, step=band)
-        run.log_artifact(Path(args.output_dir) / "stats.json", "data")
-        run.log_artifact(args.spectra, "plots")
-    log.info("tiles per split: %s", stats["tiles"])
+    tiles_stage(config_mod.load(args.config), args.inputs, args.summaries, args.output_dir, args.spectra, args.rule)
 
 
 def cmd_train(args) -> None:
     """Train one configured variant on this rank (run under torchrun or srun; rank 0 logs)."""
+    from .parallel.mesh import process_group_closed
     from .train.job import job_from_config
     from .train.loop import Preempted, run_training
 
-    cfg = config_mod.load(args.config)
-    job = job_from_config(cfg, args.variant, args.output_dir, args.assembled, args.rule, args.tiles)
+    job = job_from_config(config_mod.load(args.config), args.variant, args.output_dir, args.assembled, args.rule,
+                          args.tiles)
     try:
-        summary = run_training(job)
+        with process_group_closed():
+            summary = run_training(job)
     except Preempted as stop:
         log.warning("%s", stop)
         raise SystemExit(3) from None
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
     if summary.get("final_loss") is not None and is_rank_zero():
         log.info("%s: %d steps, final loss %.4g", job.name, summary["steps"], summary["final_loss"])
 
 
 def cmd_evaluate(args) -> None:
     """Evaluate one trained variant on this rank (run under torchrun or srun; rank 0 writes)."""
-    from .evaluate.stage import evaluate_forecaster, evaluate_mae
+    from .evaluate.stage import evaluate_variant
+    from .parallel.mesh import process_group_closed
 
-    cfg = config_mod.load(args.config)
-    variant = cfg.variant(args.variant)
-    try:
-        if variant["task"] == "forecast":
-            evaluate_forecaster(cfg, args.variant, args.checkpoint, args.assembled, args.output_dir, args.rule)
-        else:
-            evaluate_mae(cfg, args.variant, args.checkpoint, args.tiles, args.output_dir, args.rule)
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    with process_group_closed():
+        evaluate_variant(config_mod.load(args.config), args.variant, args.checkpoint, args.assembled, args.tiles,
+                         args.output_dir, args.rule)
 
 
 def cmd_evaluate_baselines(args) -> None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..config import validate_dict
-from ..hyperspectral.stage import preprocess_image
+from ..hyperspectral.preprocess import preprocess_image
 from ..hyperspectral.synthetic import make_scene, write_scene
 
 CASES = [("envi", "bil", "<u2"), ("envi", "bip", "<u2"), ("envi", "bsq", "<u2"),

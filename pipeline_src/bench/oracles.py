@@ -34,7 +34,7 @@ import zarr
 
 from ..config import load
 from ..datasets.spectral import tile_mask
-from ..hyperspectral.stage import apply_band_plan, band_plan
+from ..hyperspectral.preprocess import apply_band_plan, band_plan
 from ..evaluate.mae import pixel_mask
 from ..hyperspectral.synthetic import configured_scene
 from ..model.mae_objective import LOCAL_RADIUS_PATCHES, MaeObjective, local_visible_mean

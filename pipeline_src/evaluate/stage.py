@@ -74,6 +74,15 @@ def write_forecasts(forecasts, data: VerificationData, folder: Path) -> None:
     wb2.write_wb2(truth, folder / "truth.zarr")
 
 
+def evaluate_variant(cfg: Config, variant: str, checkpoint: str, assembled: str, tiles: str, out_dir: str,
+                     rule: str | None) -> None:
+    """All ranks: the forecaster's scorecard and WB2 export, or the masked autoencoder's held-out scores."""
+    if cfg.variant(variant)["task"] == "forecast":
+        evaluate_forecaster(cfg, variant, checkpoint, assembled, out_dir, rule)
+    else:
+        evaluate_mae(cfg, variant, checkpoint, tiles, out_dir, rule)
+
+
 def evaluate_forecaster(cfg: Config, variant: str, checkpoint: str, assembled: str, out_dir: str,
                         rule: str | None) -> None:
     """All ranks: forecast the test split from the checkpoint; rank 0 writes and logs."""

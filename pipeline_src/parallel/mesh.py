@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Mapping
@@ -124,6 +125,16 @@ class MeshShape:
     def data_parallel(self) -> int:
         """Ranks that see different data (dp x fsdp)."""
         return self.dp * self.fsdp
+
+
+@contextmanager
+def process_group_closed():
+    """Run a rank's stage and destroy its process group afterwards, however the stage ends."""
+    try:
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def resolve_mesh(world: int, tp: int, fsdp: int = 1, dp: int | str = "auto") -> MeshShape:

@@ -12,7 +12,8 @@ import pytest
 
 from pipeline_src.config import validate_dict
 from pipeline_src.hyperspectral.readers import cube_files, open_cube
-from pipeline_src.hyperspectral.stage import make_tiles, preprocess_image
+from pipeline_src.hyperspectral.preprocess import preprocess_image
+from pipeline_src.hyperspectral.tiles import make_tiles
 from pipeline_src.hyperspectral.synthetic import make_scene
 from pipeline_src.hyperspectral.writers import write_envi
 from pipeline_src.io import InputError

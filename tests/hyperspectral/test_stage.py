@@ -8,7 +8,8 @@ import zarr
 
 from pipeline_src.config import validate_dict
 from pipeline_src.hyperspectral.mask import iou
-from pipeline_src.hyperspectral.stage import assign_splits, make_tiles, preprocess_image
+from pipeline_src.hyperspectral.preprocess import preprocess_image
+from pipeline_src.hyperspectral.tiles import assign_splits, make_tiles
 from pipeline_src.hyperspectral.synthetic import make_scene, write_scene
 from pipeline_src.hyperspectral.writers import write_envi
 from pipeline_src.io import InputError
