@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(VENV)/bin/python -m pip install --quiet -c requirements/constraints.txt -e ".[test]"
 	touch $(STAMP)
 
+# A --configfile is checked by the pipeline's own reader first: Snakemake parses it before the
+# workflow runs, and its YAML reader stops on an impossible date with a bare traceback.
 pipeline: $(STAMP)
+	@set -e; for f in $$(printf '%s\n' $(ARGS) | sed -n -e 's/^--configfile=//p' -e '/^--configfile$$/{n;p;}'); do \
+		$(VENV)/bin/python -m pipeline_src.cli config --config "$$f" > /dev/null; done
 	$(VENV)/bin/snakemake $(ARGS)
 
 test: $(STAMP)

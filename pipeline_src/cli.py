@@ -163,6 +163,7 @@ def cmd_plan(args) -> None:
         raise InputError(None, str(err)) from None
     print(plan_table(result))
     print()
+    print(result["headroom_line"])
     print(("recommended: " + result["reason"]) if result["recommendation"] else result["reason"])
     if args.json:
         from .io import write_json
@@ -292,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--tree", type=int, nargs="*", default=None, help="also try this aggregation tree, e.g. 4")
     pl.add_argument("--recompute", nargs="+", default=["none", "blocks"], choices=["none", "blocks", "full"])
     pl.add_argument("--hsdp", action="store_true", help="also try FSDP within a node, data parallel across nodes")
-    pl.add_argument("--headroom", type=float, default=0.10, help="fraction kept free (allocator, comm buffers)")
+    pl.add_argument("--headroom", type=float, default=None,
+                    help="fraction of GPU memory kept free (default: from the largest measured gap between the "
+                         "authors' logged peaks and their projections)")
     pl.add_argument("--hardware", default="mi250x-gcd", choices=["mi250x-gcd", "h100-sxm"],
                     help="for the throughput estimate that ranks the layouts")
     pl.add_argument("--processes", type=int, default=None, help="projection worker processes (default: cores)")

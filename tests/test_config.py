@@ -96,6 +96,22 @@ def test_an_impossible_date_names_file_and_line(tmp_path):
         config.load(path)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("form", ["--configfile {}", "--configfile={}"])
+def test_make_pipeline_checks_a_configfile_before_snakemake_reads_it(tmp_path, form):
+    """Snakemake reads --configfile itself (an impossible date is a bare traceback there); the
+    README's `make pipeline` runs the pipeline's own reader on it first."""
+    import subprocess
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("era5:\n  years:\n    test: {start: 2015-02-01, end: 2015-02-30}\n")
+    proc = subprocess.run(["make", "-s", "pipeline", f"ARGS=-n {form.format(bad)}"], cwd=config.REPO_ROOT,
+                          capture_output=True, text=True, timeout=110)
+    assert proc.returncode != 0
+    assert f"error: {bad}: line 3: 2015-02-30 is not a date" in proc.stderr
+    assert "Traceback" not in proc.stderr and "snakemake" not in proc.stderr.lower()
+
+
 def test_forecast_targets_follow_the_channels_unless_given():
     raw = {"era5": {"source": "synthetic", "years": {"train": [2010], "val": [2011], "test": [2012]},
                     "channels": ["z_500", "t_850", "t2m", "lsm"]}}

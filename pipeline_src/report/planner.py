@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..model.build import ModelSpec
-from .paper import IMAGE, PATCH, PRESETS
+from .paper import IMAGE, PATCH, PRESETS, largest_gap
 from .projection import StepRecipe, run_many
 from .throughput import HARDWARE, step_estimate
 
@@ -38,10 +38,17 @@ class PlanRequest:
     trees: tuple[tuple[int, ...], ...] = ((),)
     recompute: tuple[str, ...] = ("none", "blocks")
     hsdp: bool = False
-    headroom: float = 0.10  # kept free for the allocator's reserve and communication buffers
+    headroom: float | None = None  # kept free; None: from the largest measured gap (paper.largest_gap)
     hardware: str = "mi250x-gcd"
     dim: int | None = None  # override the class's width and heads (small models, tests)
     heads: int | None = None
+
+    def kept_free(self) -> tuple[float, str]:
+        """(fraction of GPU memory kept free, where it comes from)."""
+        if self.headroom is not None:
+            return self.headroom, "--headroom"
+        gap = largest_gap()
+        return gap.headroom, f"the largest measured gap of a logged peak over its projection, {gap.describe()}"
 
     def shape(self) -> tuple[int, int]:
         """(embedding dim, heads) of the backbone."""
@@ -96,7 +103,7 @@ def _evaluate(req: PlanRequest, layouts: list[dict], processes: int | None) -> l
         recipe = StepRecipe(micro_batch=req.micro_batch, activation_checkpointing=lay["recompute"])
         jobs.append(("project", spec_of(req, lay["arch"], lay["tree"], lay["tp"]), req.gpus, lay["tp"], lay["fsdp"], recipe))
     hw = HARDWARE[req.hardware]
-    usable = req.gpu_mem_gb * (1 - req.headroom)
+    usable = req.gpu_mem_gb * (1 - req.kept_free()[0])
     out = []
     for lay, r in zip(layouts, _project_all(jobs, processes)):
         gib = r["peak_bytes"] / 2**30
@@ -141,14 +148,17 @@ def plan(req: PlanRequest, processes: int | None = None) -> dict:
                               "fsdp": local, "dp": req.gpus // (r["tp"] * local)})
         evaluated += _evaluate(req, extra, processes) if extra else []
     fitting = [r for r in evaluated if r["fits"]]
+    headroom, source = req.kept_free()
     result = {"request": {**req.__dict__, "image": list(req.image)}, "layouts": evaluated,
-              "usable_gib": req.gpu_mem_gb * (1 - req.headroom), "hardware": HARDWARE[req.hardware].name}
+              "usable_gib": req.gpu_mem_gb * (1 - headroom), "hardware": HARDWARE[req.hardware].name,
+              "headroom": headroom, "headroom_source": source,
+              "headroom_line": f"headroom {100 * headroom:.0f}% of {req.gpu_mem_gb:g} GiB kept free: {source}"}
     if not fitting:
         smallest = min(evaluated, key=lambda r: r["peak_gib"])
         result["recommendation"] = None
         result["reason"] = (f"does not fit: the smallest layout ({describe(smallest)}) needs "
                             f"{_gib(smallest['peak_gib'])} GiB per GPU, {req.gpu_mem_gb:g} GiB with "
-                            f"{100 * req.headroom:.0f}% headroom leaves {_gib(result['usable_gib'])}")
+                            f"{100 * headroom:.0f}% headroom leaves {_gib(result['usable_gib'])}")
         return result
     best = max(fitting, key=lambda r: r["samples_per_s"])
     result["recommendation"] = best

@@ -141,6 +141,23 @@ def out_of_sample(rows: list[dict], recipe: str) -> dict:
             "saving_min_gib": min(savings), "saving_max_gib": max(savings)}
 
 
+def _gap_line(chosen: list[dict]) -> str:
+    """This run's largest logged-over-projected gap beside the one the planner's headroom comes from."""
+    from .paper import PROJECTED_CLOSEST, largest_gap
+
+    projected: dict[str, dict[str, float]] = {}
+    for r in chosen:
+        projected.setdefault(r["config"], {})[r["arch"]] = r["peak_gib"]
+    fresh, stored = largest_gap(projected), largest_gap()
+    same = all(abs(projected.get(c, {}).get(a, -1) - v) < 0.05 for c, cells in PROJECTED_CLOSEST.items()
+               for a, v in cells.items())
+    return (f"Largest gap of a logged peak over its projection here: {fresh.describe()}, i.e. "
+            f"{100 * fresh.headroom:.0f}% of a GPU to keep free. `dchag plan` keeps {100 * stored.headroom:.0f}% "
+            f"(report.paper.PROJECTED_CLOSEST: {stored.describe()})"
+            + (", the same figures." if same else "; these figures differ from it: update PROJECTED_CLOSEST and "
+               "docs/report.md from this table."))
+
+
 def _ratio_row(r: dict, chosen: list[dict]) -> list:
     base = next((b for b in chosen if b["config"] == r["config"] and b["arch"] == "tp-baseline"), None)
     logged_ratio = f"{r['logged_gb'] / base['logged_gb']:.2f}" if base else ""
@@ -197,6 +214,7 @@ def paper_sections(rows: list[dict], planned: dict) -> str:
                             "ratio deviation"],
                            [[i["config"], i["arch"], f"{i['logged_saving']:.1f}", f"{i['projected_saving']:.1f}",
                              f"{i['saving_error']:+.1f}", _pct(i["ratio_deviation_pct"])] for i in oos["items"]]), ""]
+        lines += [_gap_line(chosen), ""]
     full = [(cells["main"], cells["main, full depth"]) for cells in table.values() if "main, full depth" in cells]
     if full:
         lines += ["Depth extension check (depths 2 and 4 extended to 32 vs a full-depth fake step):", "",
@@ -221,6 +239,7 @@ def paper_sections(rows: list[dict], planned: dict) -> str:
               f"`dchag plan --params {req['params']} --channels {req['channels']} --gpus {req['gpus']} "
               f"--gpu-mem-gb {req['gpu_mem_gb']:g}`", "",
               ("Recommendation: " + planned["reason"]) if planned.get("recommendation") else planned["reason"], "",
+              planned.get("headroom_line", ""), "",
               planned.get("table", ""), ""]
     if planned.get("recommendation"):
         lines.append(f"Recommended layout: {describe(planned['recommendation'])}.")

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from pipeline_src.config import REPO_ROOT
 from pipeline_src.io import InputError
 from pipeline_src.report import paper
 from pipeline_src.report.collectives import collective_kind
@@ -90,6 +91,26 @@ def test_planner_refuses_what_it_cannot_plan():
                            "--recompute", "none", "--processes", "1"], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 2
     assert "does not fit: the smallest layout (dchag-L Tree0, TP 1 x FSDP 6, recompute none) needs" in proc.stderr
+    gap = paper.largest_gap()
+    assert f"headroom 20% of 8 GiB kept free: the largest measured gap of a logged peak over its projection, " \
+           f"{gap.describe()}" in proc.stdout
+    assert "with 20% headroom leaves 6.4" in proc.stderr
+
+
+def test_planner_headroom_comes_from_the_projection_docs_quote():
+    """The planner's default headroom is the largest excess of a logged peak over its projection, from
+    the figures docs/report.md quotes (kept equal here), so a user can trace it."""
+    import re
+
+    text = (REPO_ROOT / "docs/report.md").read_text()
+    rows = re.findall(r"\| ([\d.]+B), (\d+) ch, TP(\d+) \| [\d. /]+ \| ([\d.]+) / ([\d.]+) / ([\d.]+) \|", text)
+    quoted = {f"{p} {c}ch TP{t}": dict(zip(paper.ARCHS, map(float, v))) for p, c, t, *v in rows}
+    assert quoted == paper.PROJECTED_CLOSEST
+    gap = paper.largest_gap()
+    assert (gap.config, gap.arch) == ("1.7B 512ch TP2", "dchag-C") and gap.fraction == pytest.approx(52.8 / 42.0 - 1)
+    assert gap.headroom == pytest.approx(1 - 42.0 / 52.8)  # a projected peak P needs P x 52.8 / 42.0
+    assert PlanRequest(params="7B", channels=8, gpus=8, gpu_mem_gb=64).kept_free()[0] == gap.headroom
+    assert PlanRequest(params="7B", channels=8, gpus=8, gpu_mem_gb=64, headroom=0.05).kept_free() == (0.05, "--headroom")
 
 
 def _fake_rows() -> list[dict]:
