@@ -20,7 +20,9 @@ from .placement import Placement, place
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 SPLITS = ("train", "val", "test")
-RESERVED_NAMES = ("climatology", "persistence", "scorecard_plots")
+# The evaluation's baselines (each a folder under results/evaluation/), so no variant may take their names
+BASELINES = ("climatology", "persistence", "damped_persistence")
+RESERVED_NAMES = (*BASELINES, "scorecard_plots")
 
 
 def _with_defaults(validator_class):

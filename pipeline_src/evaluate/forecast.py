@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import BASELINES
 from ..datasets.era5 import Climatology, ERA5Split, FieldTransform
 from ..io import InputError, read_json
 from ..model.build import ModelSpec
 from ..parallel import checkpoint as ckpt
 from ..parallel.mesh import is_main
+from .damping import damped_forecast
 from .metrics import cell_area_weights
 from .runtime import gather, load_parallel, progress, share, start
 from .scoring import Scores
@@ -161,8 +163,9 @@ def run_forecast_eval(job: ForecastEval) -> tuple[Scores | None, dict | None, Ve
 
 
 def baseline_scores(data: VerificationData, lead_days: list[float], stride: int, targets: list[str],
-                    batch: int = 32) -> dict[str, Scores]:
-    """Climatology and persistence scored on the same initialisation times as the models."""
+                    damping: np.ndarray, batch: int = 32) -> dict[str, Scores]:
+    """Climatology, persistence and damped persistence (alpha (lead, target), evaluate/damping.py)
+    scored on the same initialisation times as the models."""
     inits, lead_steps = data.init_indices(lead_days, stride)
     missing = [t for t in targets if t not in data.split.channels]
     if missing:
@@ -170,11 +173,12 @@ def baseline_scores(data: VerificationData, lead_days: list[float], stride: int,
     idx = [data.split.channels.index(t) for t in targets]
     hours = [round(d * 24) for d in lead_days]
     units = [data.units.get(t, "") for t in targets]
-    scores = {name: Scores(name, hours, list(targets), units, data.weights) for name in ("climatology", "persistence")}
+    scores = {name: Scores(name, hours, list(targets), units, data.weights) for name in BASELINES}
     for lo in range(0, len(inits), batch):
         chunk = inits[lo:lo + batch]
-        x, _, truth, clim, _ = data.batch(chunk, lead_steps, idx)
+        x, clim_x, truth, clim, _ = data.batch(chunk, lead_steps, idx)
         persistence = np.broadcast_to(x[:, None, idx], truth.shape)
-        for name, fc in (("climatology", clim), ("persistence", persistence)):
+        damped = damped_forecast(x[:, idx], clim_x[:, idx], clim, damping)
+        for name, fc in (("climatology", clim), ("persistence", persistence), ("damped_persistence", damped)):
             scores[name].add(data.times[chunk].values, fc, truth, clim)
     return scores

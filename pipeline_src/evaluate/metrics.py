@@ -112,9 +112,36 @@ def block_bootstrap_indices(n: int, samples: int, block: int, seed: int) -> np.n
 
 def paired_rmse_difference(mse_a: np.ndarray, mse_b: np.ndarray, indices: np.ndarray,
                            level: float = 0.95) -> dict[str, np.ndarray]:
-    """RMSE(a) - RMSE(b) over inits (last axis) with a paired bootstrap interval (same resampled inits)."""
+    """RMSE(a) - RMSE(b) over inits (last axis) with a paired bootstrap interval (same resampled inits)
+    and the bootstrap's two-sided p-value of "no difference" (twice the smaller tail beyond 0)."""
     mse_a, mse_b = np.asarray(mse_a, np.float64), np.asarray(mse_b, np.float64)
     diff = np.sqrt(mse_a.mean(-1)) - np.sqrt(mse_b.mean(-1))
     boot = np.sqrt(mse_a[..., indices].mean(-1)) - np.sqrt(mse_b[..., indices].mean(-1))  # (..., samples)
     lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=-1)
-    return {"diff": diff, "low": lo, "high": hi}
+    p = np.minimum(1.0, 2 * np.minimum((boot <= 0).mean(-1), (boot >= 0).mean(-1)))
+    return {"diff": diff, "low": lo, "high": hi, "p": p}
+
+
+def decorrelation_lag(series: np.ndarray, threshold: float = 0.1) -> int:
+    """The first lag (in samples) at which the series' autocorrelation falls below threshold
+    (the series' length when it never does)."""
+    x = np.asarray(series, np.float64) - np.mean(series)
+    var = float((x * x).mean())
+    if var == 0 or len(x) < 3:
+        return 1
+    for lag in range(1, len(x)):
+        if float((x[:-lag] * x[lag:]).mean()) / var < threshold:
+            return lag
+    return len(x)
+
+
+def holm(p_values: list[float], alpha: float) -> list[bool]:
+    """Holm's step-down procedure: which hypotheses are rejected at family-wise error alpha."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    rejected = [False] * len(p_values)
+    m = len(p_values)
+    for rank, i in enumerate(order):
+        if p_values[i] > alpha / (m - rank):
+            break
+        rejected[i] = True
+    return rejected

@@ -74,7 +74,8 @@ def example(fields: dict, variables: list[str], units: list[str], lead_index: in
     _save(fig, path)
 
 
-STYLE = {"climatology": dict(color="0.4", ls="--"), "persistence": dict(color="0.6", ls=":")}
+STYLE = {"climatology": dict(color="0.4", ls="--"), "persistence": dict(color="0.6", ls=":"),
+         "damped_persistence": dict(color="0.2", ls="-.")}
 
 
 def metric_vs_lead(rows: list[dict], metric: str, path: str | Path, title: str) -> None:

@@ -1,4 +1,4 @@
-"""The scorecard: every forecaster and both baselines side by side, differences with error bars.
+"""The scorecard: every forecaster and the baselines side by side, differences with error bars.
 
 Differences in RMSE (WB2 convention) come with a paired circular block bootstrap over the
 initialisation times: both systems are resampled on the same times, in blocks long enough
@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..config import BASELINES
 from ..io import InputError, atomic_path
 from ..model.mae_objective import TRIVIAL
-from .metrics import CONVENTIONS, block_bootstrap_indices, paired_rmse_difference
+from .metrics import CONVENTIONS, block_bootstrap_indices, decorrelation_lag, holm, paired_rmse_difference
 from .scoring import table_rows
 
-BASELINES = ("climatology", "persistence")
-CSV_FIELDS = ("variant", "variable", "units", "lead_hours", "metric", "convention", "value", "low", "high", "n_inits")
+CSV_FIELDS = ("variant", "variable", "units", "lead_hours", "metric", "convention", "value", "low", "high", "p_value",
+              "block_days", "holm", "n_inits")
 
 
 def check_same_inits(systems: dict[str, xr.Dataset]) -> np.ndarray:
@@ -40,34 +41,59 @@ def check_same_inits(systems: dict[str, xr.Dataset]) -> np.ndarray:
     return ref["init_time"].values
 
 
-def block_length(init_times: np.ndarray, block_days: float) -> int:
-    """Initialisation times per bootstrap block: enough to span `block_days`."""
+def init_spacing_days(init_times: np.ndarray) -> float:
+    """Days between consecutive initialisation times (the median spacing)."""
     if len(init_times) < 2:
-        return 1
-    spacing_days = float(np.median(np.diff(init_times)) / np.timedelta64(1, "D"))
-    return max(1, math.ceil(block_days / spacing_days))
+        return 1.0
+    return float(np.median(np.diff(init_times)) / np.timedelta64(1, "D"))
+
+
+def block_lengths(systems: dict[str, xr.Dataset], pairs: list[tuple[str, str]], boot: dict) -> dict[int, int]:
+    """Initialisation times per bootstrap block, per lead (hours). block_days "auto": the longest lag
+    at which the paired per-init MSE differences of any pair and variable at that lead still
+    correlate at 0.1 or more, and at least the lead itself; a number: that many days at every lead."""
+    ref = systems[pairs[0][0]] if pairs else next(iter(systems.values()))
+    times = ref["init_time"].values
+    spacing, n = init_spacing_days(times), len(times)
+    out = {}
+    for li, lead in enumerate(int(h) for h in ref["lead_hours"].values):
+        if boot["block_days"] != "auto":
+            out[lead] = max(1, math.ceil(float(boot["block_days"]) / spacing))
+            continue
+        lags = [decorrelation_lag(systems[a]["mse"].values[:, li, vi] - systems[b]["mse"].values[:, li, vi])
+                for a, b in pairs for vi in range(ref.sizes["variable"])]
+        out[lead] = min(n, max([math.ceil(lead / 24 / spacing), *lags]))
+    return out
 
 
 def differences(systems: dict[str, xr.Dataset], pairs: list[tuple[str, str]], boot: dict) -> list[dict]:
-    """RMSE(a) - RMSE(b) with a paired block-bootstrap interval, per pair, variable and lead."""
+    """RMSE(a) - RMSE(b) with a paired block-bootstrap interval, per pair, variable and lead; blocks
+    per lead (block_lengths), and Holm's correction over every row for the verdicts."""
     init_times = check_same_inits(systems)
-    block = block_length(init_times, boot["block_days"])
-    idx = block_bootstrap_indices(len(init_times), boot["samples"], block, boot["seed"])
+    spacing = init_spacing_days(init_times)
+    blocks = block_lengths(systems, pairs, boot)
     rows = []
     for a, b in pairs:
-        # (init, lead, variable) -> (lead, variable, init)
-        ma = systems[a]["mse"].transpose("lead_hours", "variable", "init_time").values
-        mb = systems[b]["mse"].transpose("lead_hours", "variable", "init_time").values
-        d = paired_rmse_difference(ma, mb, idx, boot["level"])
-        ds = systems[a]
-        for li, lead in enumerate(ds["lead_hours"].values):
+        for li, lead in enumerate(int(h) for h in systems[a]["lead_hours"].values):
+            block = blocks[lead]
+            idx = block_bootstrap_indices(len(init_times), boot["samples"], block, boot["seed"])
+            # (init, variable) -> (variable, init)
+            ma = systems[a]["mse"].isel(lead_hours=li).transpose("variable", "init_time").values
+            mb = systems[b]["mse"].isel(lead_hours=li).transpose("variable", "init_time").values
+            d = paired_rmse_difference(ma, mb, idx, boot["level"])
+            ds = systems[a]
             for vi, var in enumerate(ds["variable"].values):
                 rows.append({"variant": a, "variable": str(var), "units": str(ds["units"].values[vi]),
-                             "lead_hours": int(lead), "metric": f"rmse_minus_{b}",
+                             "lead_hours": lead, "metric": f"rmse_minus_{b}",
                              "convention": f"wb2 rmse difference; {boot['level']:.0%} paired circular block "
-                                           f"bootstrap over inits ({boot['samples']} samples, blocks of {block} inits)",
-                             "value": float(d["diff"][li, vi]), "low": float(d["low"][li, vi]),
-                             "high": float(d["high"][li, vi]), "n_inits": len(init_times)})
+                                           f"bootstrap over inits ({boot['samples']} samples, blocks of {block} "
+                                           f"inits = {block * spacing:g} days at this lead); verdict Holm-corrected "
+                                           f"over the table",
+                             "value": float(d["diff"][vi]), "low": float(d["low"][vi]), "high": float(d["high"][vi]),
+                             "p_value": float(d["p"][vi]), "block_days": block * spacing, "level": boot["level"],
+                             "n_inits": len(init_times)})
+    for row, rejected in zip(rows, holm([r["p_value"] for r in rows], 1 - boot["level"])):
+        row["holm"] = rejected
     return rows
 
 
@@ -80,7 +106,10 @@ def comparison_pairs(models: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def verdict(row: dict) -> str:
-    """'better', 'worse' or 'no significant difference' from a difference row's interval."""
+    """'better', 'worse' or 'no significant difference' from a difference row's interval, and where
+    the row carries Holm's decision (differences()), only when the family-wise test agrees."""
+    if not row.get("holm", True):
+        return "no significant difference"
     if row["high"] < 0:
         return "better"
     if row["low"] > 0:
@@ -128,15 +157,25 @@ def markdown(rows: list[dict], diffs: list[dict], meta: dict, mae: dict[str, dic
                         _fmt(m.get(k, float("nan"))) for k in ("rmse", "rmse_climax", "acc", "bias", "pearson")) + " |")
             lines.append("")
     if diffs:
+        level = 1 - diffs[0]["level"]
+        raw = sum(d["high"] < 0 or d["low"] > 0 for d in diffs)
+        blocks = {d["lead_hours"]: d["block_days"] for d in diffs}
         lines += ["## RMSE differences with confidence intervals", "",
-                  f"RMSE(system) - RMSE(other), WB2 convention; {diffs[0]['convention'].split('; ')[1]}. "
-                  "Negative = the system is better.", "",
-                  "| system | minus | variable | lead | difference | interval | verdict |",
-                  "|---|---|---|---|---|---|---|"]
+                  "RMSE(system) - RMSE(other), WB2 convention; paired circular block bootstrap over the "
+                  "initialisation times, blocks as long as the paired differences stay correlated (lag where "
+                  "their autocorrelation falls below 0.1, at least the lead): "
+                  + ", ".join(f"{h / 24:g} d: {b:g} days" for h, b in sorted(blocks.items()))
+                  + ". Negative = the system is better.", "",
+                  f"{len(diffs)} intervals at {1 - level:.0%}: with no real differences about "
+                  f"{level * len(diffs):.1f} of them would exclude zero by chance. {raw} do; the verdicts are "
+                  f"Holm-corrected over all {len(diffs)} (family-wise error {level:.0%}), so a verdict other than "
+                  "'no significant difference' is unlikely to be chance.", "",
+                  "| system | minus | variable | lead | block | difference | interval | p | verdict (Holm) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for d in diffs:
             lines.append(f"| {d['variant']} | {d['metric'][len('rmse_minus_'):]} | {d['variable']} | "
-                         f"{d['lead_hours'] / 24:g} d | {_fmt(d['value'])} | [{_fmt(d['low'])}, {_fmt(d['high'])}] | "
-                         f"{verdict(d)} |")
+                         f"{d['lead_hours'] / 24:g} d | {d['block_days']:g} d | {_fmt(d['value'])} | "
+                         f"[{_fmt(d['low'])}, {_fmt(d['high'])}] | {d['p_value']:.3f} | {verdict(d)} |")
         lines.append("")
     if mae:
         lines += ["## Masked autoencoders (plant pixels of masked patches, evaluation masks shared by all variants)", "",

@@ -18,6 +18,7 @@ from ..config import Config, job_layout
 from ..io import InputError, atomic_path, read_json, write_json
 from ..parallel.mesh import is_main
 from . import plots, wb2
+from .damping import coefficient_array, fit_damping
 from .forecast import ForecastEval, VerificationData, baseline_scores, run_forecast_eval
 from .mae import MaeEval, run_mae_eval
 from ..model.mae_objective import TRIVIAL
@@ -111,20 +112,33 @@ def evaluate_forecaster(cfg: Config, variant: str, checkpoint: str, assembled: s
 
 
 def evaluate_baselines(cfg: Config, assembled: str, out_root: str, rule: str | None) -> None:
-    """Climatology and persistence on the same initialisation times, under out_root/<baseline>/."""
+    """Climatology, persistence and damped persistence (its coefficients fitted on the training
+    split) on the models' initialisation times, under out_root/<baseline>/."""
     ev = cfg.data["evaluate"]
     lead_days = list(cfg.data["forecast"]["lead_days"])
+    targets = list(cfg.data["forecast"]["targets"])
     params = {"split": ev["split"], "init_stride": ev["init_stride"], "lead_days": lead_days}
     with tracking.stage_run(cfg.mlflow, "evaluate", rule, params) as run:
+        train = VerificationData(assembled, "train")
+        fit = fit_damping(train, lead_days, targets, stride=1)
+        train.close()
         data = VerificationData(assembled, ev["split"])
-        scores = baseline_scores(data, lead_days, ev["init_stride"], cfg.data["forecast"]["targets"])
+        scores = baseline_scores(data, lead_days, ev["init_stride"], targets,
+                                 coefficient_array(fit, targets, lead_days))
         for name, sc in scores.items():
             out = Path(out_root) / name
             rows = write_system(sc, None, data, out, name)  # no example maps: trivial forecasts
+            if name == "damped_persistence":
+                write_json(out / "data" / "damping.json", fit)
             _log_rows(run, [{**r, "metric": f"{name}.{r['metric']}"} for r in rows])
             run.log_artifact(out, name)
+        for target, alphas in fit["coefficients"].items():
+            for hours, alpha in zip(scores["damped_persistence"].lead_hours, alphas):
+                run.log_metrics({f"damping.{target}": alpha}, step=hours)
         run.set_tags({"metric_conventions": CONVENTIONS})
         data.close()
+    log.info("damped persistence, alpha per lead (fitted on %d training inits): %s", fit["n_inits"],
+             ", ".join(f"{t} {' / '.join(f'{a:.2f}' for a in v)}" for t, v in fit["coefficients"].items()))
 
 
 def evaluate_mae(cfg: Config, variant: str, checkpoint: str, tiles: str, out_dir: str, rule: str | None) -> None:

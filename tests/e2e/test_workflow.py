@@ -238,13 +238,16 @@ def test_evaluation_outputs_and_tracking(workflow_run):
 
     wd, _ = workflow_run
     ev = wd / "results/evaluation"
-    for name in ("forecast-tp-baseline", "forecast-dchag-L", "climatology", "persistence"):
+    for name in ("forecast-tp-baseline", "forecast-dchag-L", "climatology", "persistence", "damped_persistence"):
         rows = list(csv.DictReader(open(ev / name / "metrics.csv")))
         assert {r["variant"] for r in rows} == {name}
         assert {(r["variable"], r["lead_hours"]) for r in rows} == {(v, h) for v in ("z_500", "t2m") for h in ("24", "48")}
         assert {r["metric"] for r in rows} >= {"rmse", "rmse_climax", "acc", "bias", "pearson"}
         assert all(r["convention"] for r in rows)
         assert (ev / name / "data/per_init.nc").is_file() and (ev / name / "plots/rmse_maps.png").stat().st_size > 1000
+    damping = json.loads((ev / "damped_persistence/data/damping.json").read_text())
+    assert damping["fitted_on"] == "train" and set(damping["coefficients"]) == {"z_500", "t2m"}
+    assert all(len(v) == 2 for v in damping["coefficients"].values())  # one per lead
     assert (ev / "forecast-dchag-L/plots/example_0024h.png").stat().st_size > 1000
     with xr.open_dataset(ev / "forecast-dchag-L/data/per_init.nc") as ds:
         assert ds.sizes["init_time"] == len(range(0, 364 - 4, 5))  # Jan-Jun 2012 at 0 and 12 UTC, leads 1 and 2 days
@@ -254,7 +257,7 @@ def test_evaluation_outputs_and_tracking(workflow_run):
             assert set(fc.data_vars) == {"geopotential", "2m_temperature"}
         assert (ev / name / "truth.zarr/.zmetadata").is_file()
     card = (ev / "scorecard.md").read_text()
-    for name in VARIANTS + ["climatology", "persistence"]:
+    for name in VARIANTS + ["climatology", "persistence", "damped_persistence"]:
         assert f"| {name} |" in card
     assert "RMSE differences with confidence intervals" in card and "| forecast-dchag-L | forecast-tp-baseline |" in card
     assert {p.name for p in (ev / "scorecard_plots").iterdir()} >= {"rmse_vs_lead.png", "acc_vs_lead.png", "mae_loss.png"}

@@ -9,6 +9,7 @@ import torch
 import xarray as xr
 
 from pipeline_src.datasets.era5 import Climatology, ERA5Split
+from pipeline_src.evaluate.damping import coefficient_array, fit_damping
 from pipeline_src.evaluate.forecast import ForecastEval, VerificationData, baseline_scores, check_compatible
 from pipeline_src.evaluate.metrics import aggregate, cell_area_weights
 from pipeline_src.io import InputError
@@ -87,15 +88,50 @@ def test_forecasts_are_in_physical_units(tp2_checkpoint, tmp_path):
 
 def test_baselines_and_persistence_losing_skill(assembled_era5):
     _, out, _, _ = assembled_era5
+    leads, targets = [1.0, 3.0, 10.0, 30.0], ["z_500", "t_850"]
+    # fitted on the validation year: its anomalies are out of sample for the climatology, as the
+    # test year's are (the single training year's own anomalies are partly in its climatology)
+    val = VerificationData(out, "val")
+    fit = fit_damping(val, leads, targets, stride=1)
+    val.close()
     data = VerificationData(out)
-    scores = baseline_scores(data, [1.0, 3.0, 10.0, 30.0], 7, ["z_500", "t_850"])
-    clim = aggregate({k: np.stack(v) for k, v in scores["climatology"].per.items()}, axis=0)
-    pers = aggregate({k: np.stack(v) for k, v in scores["persistence"].per.items()}, axis=0)
+    scores = baseline_scores(data, leads, 7, targets, coefficient_array(fit, targets, leads))
+    clim, pers, damped = (aggregate({k: np.stack(v) for k, v in scores[name].per.items()}, axis=0)
+                          for name in ("climatology", "persistence", "damped_persistence"))
     np.testing.assert_array_equal(clim["acc"], 0.0)
     acc = pers["acc"][:, 0]  # z_500 over leads
     assert acc[0] > 0.7 and acc[0] > acc[1] > acc[2] > acc[3] and acc[3] < acc[0] - 0.3
     assert (pers["rmse"][3] > clim["rmse"][3]).all()  # at 30 days persistence is worse than climatology
+    # fitted on another year, the damping still does at least as well as either end at every lead
+    assert (damped["rmse"] <= 1.02 * np.minimum(clim["rmse"], pers["rmse"])).all()
+    assert (damped["rmse"][:2] < np.minimum(clim["rmse"], pers["rmse"])[:2]).all()  # strictly better at 1-3 d
+    assert (damped["acc"][0] > 0.5).all() and (damped["acc"][0] > damped["acc"][3]).all()
     data.close()
+
+
+def test_damping_is_the_least_squares_shrink_of_the_training_anomalies(assembled_era5):
+    """alpha recomputed here from the split and climatology readers with numpy alone."""
+    from pipeline_src.datasets.era5 import Climatology, ERA5Split
+    from pipeline_src.evaluate.metrics import cell_area_weights
+
+    _, out, _, _ = assembled_era5
+    train = VerificationData(out, "train")
+    fit = fit_damping(train, [1.0, 10.0], ["t_850"], stride=1)
+    train.close()
+    split = ERA5Split(out / "train.zarr")
+    clim = Climatology(out / "climatology.zarr", split)
+    c = split.channels.index("t_850")
+    anomaly = split.read(range(len(split.times)))[:, c] - clim.at(split.times)[:, c]
+    w = cell_area_weights(split.latitudes)[None, :, None]
+    n = len(split.times) - 10  # the same initialisation times at every lead: those that reach 10 days
+    for li, steps in enumerate((1, 10)):  # one step per day
+        a0, a_lead = anomaly[:n].astype(np.float64), anomaly[steps:n + steps].astype(np.float64)
+        alpha = (w * a0 * a_lead).sum() / (w * a0 * a0).sum()
+        assert fit["coefficients"]["t_850"][li] == pytest.approx(alpha, rel=1e-9)
+    assert 0 < fit["coefficients"]["t_850"][1] < fit["coefficients"]["t_850"][0] < 1
+    assert fit["n_inits"] == len(split.times) - 10 and fit["fitted_on"] == "train"
+    split.close()
+    clim.close()
 
 
 def test_checkpoint_that_does_not_fit_the_data(tp2_checkpoint, tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline_src.evaluate.metrics import (aggregate, block_bootstrap_indices, cell_area_weights, cell_edges,
-                                           paired_rmse_difference, per_init)
+                                           decorrelation_lag, holm, paired_rmse_difference, per_init)
 from pipeline_src.evaluate.scorecard import verdict
 
 LAT = -87.1875 + 5.625 * np.arange(32)  # the WeatherBench 5.625 deg grid
@@ -111,3 +111,26 @@ def test_block_bootstrap_and_paired_difference():
     assert (worse["low"] > 0).all() and (worse["low"] <= worse["diff"]).all() and (worse["diff"] <= worse["high"]).all()
     assert verdict({"low": -1, "high": -0.1}) == "better" and verdict({"low": 0.1, "high": 1}) == "worse"
     assert verdict({"low": -0.1, "high": 0.1}) == "no significant difference"
+    assert (same["p"] == 1.0).all() and (worse["p"] < 0.01).all()
+    assert verdict({"low": -1, "high": -0.1, "holm": False}) == "no significant difference"  # Holm overrules
+
+
+def test_decorrelation_lag_of_an_ar1_series():
+    """An AR(1) series with coefficient phi correlates phi**k at lag k: below 0.1 from
+    ceil(log 0.1 / log phi) on (22 for phi 0.9, 2 for phi 0.3); white noise at lag 1."""
+    rng = np.random.default_rng(0)
+    for phi, expected in ((0.9, 22), (0.3, 2)):
+        x = np.zeros(200_000)
+        eps = rng.normal(size=x.size)
+        for t in range(1, x.size):
+            x[t] = phi * x[t - 1] + eps[t]
+        assert abs(decorrelation_lag(x) - expected) <= 1, phi
+    assert decorrelation_lag(rng.normal(size=5000)) == 1
+    assert decorrelation_lag(np.ones(10)) == 1  # no variance: no memory to span
+
+
+def test_holm_step_down():
+    """Holm at 0.05 over four p-values: 0.01 <= 0.05/4, 0.012 <= 0.05/3, 0.04 > 0.05/2 stops it."""
+    assert holm([0.04, 0.01, 0.3, 0.012], 0.05) == [False, True, False, True]
+    assert holm([0.02, 0.03], 0.05) == [True, True]  # 0.02 <= 0.025, then 0.03 <= 0.05
+    assert holm([], 0.05) == []

@@ -8,9 +8,9 @@ import xarray as xr
 
 from pipeline_src.datasets.spectral import tile_mask
 from pipeline_src.evaluate.mae import _Sums, pixel_mask, reconstruct_image
-from pipeline_src.evaluate.metrics import cell_area_weights
+from pipeline_src.evaluate.metrics import cell_area_weights, decorrelation_lag
 from pipeline_src.evaluate.scorecard import (check_same_inits, comparison_pairs, differences, markdown,
-                                             system_rows)
+                                             system_rows, verdict)
 from pipeline_src.evaluate.scoring import Scores
 from pipeline_src.io import InputError
 from pipeline_src.train.losses import mae_targets
@@ -31,10 +31,12 @@ def _system(name, scale, inits=12, start="2015-01-01"):
 
 def test_scorecard_lists_every_system_with_intervals():
     systems = {"fc-tp": _system("fc-tp", 0.8), "fc-dchag": _system("fc-dchag", 0.8),
-               "climatology": _system("climatology", 1.0), "persistence": _system("persistence", 1.4)}
+               "climatology": _system("climatology", 1.0), "persistence": _system("persistence", 1.4),
+               "damped_persistence": _system("damped_persistence", 0.95)}
     models = {"fc-tp": "tp-baseline", "fc-dchag": "dchag-L"}
     pairs = comparison_pairs(models)
     assert ("fc-dchag", "fc-tp") in pairs and ("fc-tp", "climatology") in pairs and ("fc-tp", "fc-tp") not in pairs
+    assert ("fc-tp", "damped_persistence") in pairs
     rows = system_rows(systems)
     diffs = differences(systems, pairs, BOOT)
     assert len(diffs) == len(pairs) * 2 * 2
@@ -48,10 +50,36 @@ def test_scorecard_lists_every_system_with_intervals():
     for name in systems:
         assert f"| {name} |" in md
     assert "WeatherBench2" in md and "ClimaX" in md and "block bootstrap" in md
-    assert "| fc-dchag | fc-tp | z_500 | 7 d |" in md
+    assert "| fc-dchag | fc-tp | z_500 | 7 d | 10 d |" in md  # BOOT's fixed 10 days: 2 inits 5 days apart
+    assert f"{len(diffs)} intervals at 90%: with no real differences about {0.1 * len(diffs):.1f}" in md
+    assert "verdict (Holm)" in md
     assert "Smoke" not in md
     noted = markdown(rows, diffs, {**meta, "note": "Smoke-size run."}, {})
     assert noted.splitlines()[2] == "**Smoke-size run.**"  # right under the title
+
+
+def test_bootstrap_blocks_follow_each_lead_and_holm_guards_the_verdicts():
+    """block_days auto: at least the lead (7 d -> 2 inits 5 days apart, 30 d -> 6); longer where
+    the paired differences stay correlated. Holm keeps a lone marginal interval from a verdict."""
+    from pipeline_src.evaluate.scorecard import block_lengths
+
+    n = 60
+    systems = {"a": _system("a", 1.0, inits=n), "b": _system("b", 1.0, inits=n)}
+    auto = {**BOOT, "block_days": "auto"}
+    assert block_lengths(systems, [("a", "b")], auto) == {168: 2, 720: 6}
+    slow = np.zeros(n)  # a difference with memory at the 7-day lead: phi 0.9 -> lag about 22
+    rng = np.random.default_rng(3)
+    for t in range(1, n):
+        slow[t] = 0.9 * slow[t - 1] + rng.normal()
+    systems["a"]["mse"].values[:, 0, 0] += 5 + slow
+    blocks = block_lengths(systems, [("a", "b")], auto)
+    lag = decorrelation_lag(systems["a"]["mse"].values[:, 0, 0] - systems["b"]["mse"].values[:, 0, 0])
+    assert blocks[168] == lag >= 5 and blocks[720] == 6  # 60 samples underestimate phi 0.9's 22
+    diffs = differences(systems, [("a", "b")], auto)
+    assert {d["lead_hours"]: d["block_days"] for d in diffs} == {168: blocks[168] * 5.0, 720: 30.0}
+    shifted = next(d for d in diffs if d["lead_hours"] == 168 and d["variable"] == "z_500")
+    assert shifted["low"] > 0 and shifted["holm"] and verdict(shifted) == "worse"
+    assert all(verdict(d) == "no significant difference" for d in diffs if d is not shifted)
 
 
 def test_systems_on_different_inits_are_refused():

@@ -48,7 +48,7 @@ EVAL_DIR = f"{RESULTS}/evaluation"
 # Nodes and tasks per node of the rank-launching jobs, from their ranks and hpc.ranks_per_node.
 TRAIN_PLACEMENT = pipeline_config.job_placement(CFG.data, "train")
 EVAL_PLACEMENT = pipeline_config.job_placement(CFG.data, "evaluate")
-BASELINES = ("climatology", "persistence")
+BASELINES = pipeline_config.BASELINES
 HPC_MODULES = CFG.data["hpc"]["modules"]  # loaded for train/evaluate with --use-envmodules
 FORECASTERS = [n for n, v in TRAIN_VARIANTS.items() if v["task"] == "forecast"]
 MAES = [n for n, v in TRAIN_VARIANTS.items() if v["task"] == "mae"]
