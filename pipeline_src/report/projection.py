@@ -11,6 +11,11 @@ Every block of the backbone adds the same parameters, optimizer state, saved act
 and FLOPs, so `project` runs two shallow copies of the model (depths 2 and 4 by default)
 and extends each figure linearly to the real depth: seconds instead of minutes per
 layout. `fake_step` at the real depth checks that extension (report.paper does, per table).
+That holds while the peak stays in the same phase of the step. Without activation
+checkpointing it does not: in a shallow model the front end's transient is the peak, in a
+deep one the activations every block saves for backward (7B, 512 channels, TP16, D-CHAG-L:
+5.2 and 5.6 GiB at depths 2 and 4, 17.6 GiB at depth 32, not the 10.8 the extension gives),
+so a recipe without recompute is projected at its real depth.
 """
 
 from __future__ import annotations
@@ -113,8 +118,9 @@ def _consistent_kinds(extended: dict, deeper: dict, peak: int) -> dict:
 
 def project(spec: ModelSpec, world: int, tp: int, fsdp: int, recipe: StepRecipe | None = None,
             fit_depths: tuple[int, int] = FIT_DEPTHS) -> dict:
-    """fake_step's figures at spec.depth, extended linearly in depth from two shallow models."""
-    if spec.depth in fit_depths:
+    """fake_step's figures at spec.depth, extended linearly in depth from two shallow models
+    (with activation checkpointing; without it, fake_step at spec.depth: see the module doc)."""
+    if spec.depth in fit_depths or (recipe or StepRecipe()).activation_checkpointing == "none":
         return fake_step(spec, world, tp, fsdp, recipe)
     da, db = fit_depths
     start = time.perf_counter()
