@@ -68,7 +68,7 @@ def cmd_hs_preprocess(args) -> None:
     from .hyperspectral.stage import preprocess_stage
 
     preprocess_stage(config_mod.load(args.config), args.image, args.raw, args.white, args.dark, args.output,
-                     args.summary, args.preview, args.rule)
+                     args.summary, args.preview, args.rule, args.traits)
 
 
 def cmd_hs_tiles(args) -> None:
@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     h = hsp.add_parser("preprocess", help="calibrate, band-process and mask one cube")
     for name in ("--image", "--raw", "--white", "--dark", "--output", "--summary", "--preview"):
         h.add_argument(name, required=True)
+    h.add_argument("--traits", default=None, help="leaf-trait raster of the same pixels (ENVI), for the probe")
     h.set_defaults(func=cmd_hs_preprocess)
     h = hsp.add_parser("tiles", help="normalise and tile the preprocessed images per split")
     h.add_argument("--inputs", nargs="+", required=True, help="preprocessed image Zarr stores")

@@ -18,7 +18,7 @@ from ..io import InputError, atomic_path, write_json
 from .bands import bin_bands, resample, trim
 from .calibrate import check_white, reference_spectrum, reflectance
 from .mask import ndvi, plant_mask
-from .readers import HDF5_SUFFIXES, Cube, open_cube
+from .readers import HDF5_SUFFIXES, Cube, open_cube, read_traits
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,13 @@ def apply_band_plan(block: np.ndarray, wavelengths: np.ndarray, keep: slice, fac
 
 
 def preprocess_image(raw: str | Path, white: str | Path, dark: str | Path, hs: dict,
-                     out_zarr: str | Path, out_json: str | Path, datasets: dict | None = None) -> dict:
+                     out_zarr: str | Path, out_json: str | Path, datasets: dict | None = None,
+                     traits: str | Path | None = None) -> dict:
     """Calibrate, band-process and mask one image; write its Zarr and JSON summary; return the summary.
 
     datasets: HDF5 dataset names per role ({raw, white, dark}), for files holding several cubes.
+    traits: a leaf-trait raster of the same pixels (readers.read_traits), carried into the Zarr
+    as `traits` (y, x, trait) for the evaluation's probe.
     """
     start_t = time.perf_counter()
     datasets = datasets or {}
@@ -116,6 +119,11 @@ def preprocess_image(raw: str | Path, white: str | Path, dark: str | Path, hs: d
             root.create_array("mask", data=mask.astype(np.uint8), chunks=mask.shape,
                               dimension_names=["y", "x"])
             root.create_array("wavelength", data=out_wl.astype(np.float64), dimension_names=["band"])
+            trait_names = []
+            if traits is not None:
+                values, trait_names = read_traits(traits, cube.lines, cube.samples)
+                root.create_array("traits", data=values, chunks=values.shape, dimension_names=["y", "x", "trait"])
+                root.attrs["traits"] = trait_names
             plant_sum = np.zeros(out_wl.size)
             back_sum = np.zeros(out_wl.size)
             for s in range(0, cube.lines, block):
@@ -135,7 +143,7 @@ def preprocess_image(raw: str | Path, white: str | Path, dark: str | Path, hs: d
                    "plant_fraction": n_plant / mask.size,
                    "mean_plant_spectrum": (plant_sum / max(n_plant, 1)).tolist(),
                    "mean_background_spectrum": (back_sum / max(n_back, 1)).tolist(),
-                   "wavelengths": out_wl.tolist(), "bytes_read": cube.nbytes,
+                   "wavelengths": out_wl.tolist(), "bytes_read": cube.nbytes, "traits": trait_names,
                    "seconds": time.perf_counter() - start_t}
     write_json(out_json, summary)
     return summary

@@ -353,3 +353,21 @@ def cube_files(path: str | Path) -> list[str]:
     header = find_header(path)
     data = path if path != header else (find_data(header) if header else None)
     return sorted({str(p) for p in (path, header, data) if p is not None})
+
+
+def read_traits(path: str | Path, lines: int, samples: int) -> tuple[np.ndarray, list[str]]:
+    """A leaf-trait raster (ENVI, one band per trait, NaN where there is no leaf) aligned with a
+    cube of lines x samples: (lines, samples, traits) float32 and the trait names (its band names)."""
+    import spectral.io.envi as envi
+
+    with open_cube(path, wavelengths_required=False) as cube:
+        if (cube.lines, cube.samples) != (lines, samples):
+            raise InputError(cube.path, f"trait raster is {cube.lines} x {cube.samples}, the cube "
+                                        f"{lines} x {samples}: they must cover the same pixels")
+        values = np.array(cube.read_lines(0, cube.lines), np.float32)  # a copy: the map closes below
+        header = find_header(cube.path)
+    names = [str(n).strip() for n in envi.read_envi_header(str(header)).get("band names", [])]
+    if len(names) != values.shape[2]:
+        raise InputError(header, f"a trait raster names each band (`band names`): {values.shape[2]} bands, "
+                                 f"{len(names)} names")
+    return values, names

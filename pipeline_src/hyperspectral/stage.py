@@ -22,7 +22,7 @@ def acquire_scene(cfg, image: str, output_dir: str) -> None:
 
 
 def preprocess_stage(cfg, image: str, raw: str, white: str, dark: str, output: str, summary_path: str,
-                     preview_path: str, rule: str | None) -> dict:
+                     preview_path: str, rule: str | None, traits: str | None = None) -> dict:
     """Calibrate, band-process and mask one cube; its Zarr, summary and preview, tracked."""
     import zarr
 
@@ -34,7 +34,7 @@ def preprocess_stage(cfg, image: str, raw: str, white: str, dark: str, output: s
               "source": hs["source"]}
     with stage_run(cfg.mlflow, "hs_preprocess", rule, params, wildcards={"image": image}) as run:
         entry = next((f for f in hs["files"] if f["name"] == image), {}) if hs["source"] == "files" else {}
-        summary = preprocess_image(raw, white, dark, hs, output, summary_path, entry.get("datasets"))
+        summary = preprocess_image(raw, white, dark, hs, output, summary_path, entry.get("datasets"), traits)
         run.log_metrics({"plant_fraction": summary["plant_fraction"], "seconds": summary["seconds"],
                          "megabytes_read": summary["bytes_read"] / 1e6,
                          "megabytes_per_s": summary["bytes_read"] / 1e6 / summary["seconds"]})

@@ -31,6 +31,8 @@ LEAF_SPREAD = (0.15, 0.10, 0.10)
 # Leaf brightness = level x (1 + tilt x v) x (1 - curl x u**2), with u and v the leaf's own
 # axes (-1..1 from edge to edge): uniform ranges of level, tilt and curl.
 SHADING = {"level": (0.75, 1.0), "tilt": (-0.25, 0.25), "curl": (0.0, 0.2)}
+# The leaf traits a scene records per pixel (PROSPECT's names), in this order
+TRAITS = ("cab", "cw", "cm")
 
 
 @dataclass
@@ -44,6 +46,8 @@ class Scene:
     leaves: np.ndarray       # (lines, samples) bool
     leaf_ids: np.ndarray     # (lines, samples) int: 0 background, k the k-th leaf drawn
     wavelengths: np.ndarray
+    traits: np.ndarray       # (lines, samples, 3) float32: each leaf pixel's PROSPECT chlorophyll
+                             # (ug cm-2), water and dry matter (g cm-2); NaN off the leaves
 
 
 def wavelength_grid(bands: int = 500, lo: float = 400.0, hi: float = 900.0) -> np.ndarray:
@@ -80,6 +84,7 @@ def make_scene(seed: int, lines: int = 64, samples: int = 96, bands: int = 500,
     refl[pot] = 0.12 + 0.02 * (wl - 400.0) / 500.0  # grey plastic pot rim
     leaves = np.zeros((lines, samples), dtype=bool)
     leaf_ids = np.zeros((lines, samples), dtype=np.int16)  # later leaves lie on top
+    traits = np.full((lines, samples, len(TRAITS)), np.nan, dtype=np.float32)
     plant = {"cab": rng.uniform(25, 55), "cw": rng.uniform(0.008, 0.018), "cm": rng.uniform(0.004, 0.008)}
     for leaf in range(1, rng.integers(n_leaves[0], n_leaves[1] + 1) + 1):
         ly, lx = rng.uniform(0.25, 0.75) * lines, rng.uniform(0.25, 0.75) * samples
@@ -90,12 +95,14 @@ def make_scene(seed: int, lines: int = 64, samples: int = 96, bands: int = 500,
         v = (-dx * np.sin(theta) + dy * np.cos(theta)) / a
         blob = u**2 + v**2 <= 1.0
         factor = dict(zip(plant, np.exp(rng.normal(0.0, LEAF_SPREAD))))
-        spec = leaf_spectrum(wl, **{k: plant[k] * factor[k] for k in plant})
+        leaf_traits = {k: plant[k] * factor[k] for k in plant}
+        spec = leaf_spectrum(wl, **leaf_traits)
         level, tilt, curl = (rng.uniform(*SHADING[k]) for k in ("level", "tilt", "curl"))
         brightness = level * (1.0 + tilt * v[blob]) * (1.0 - curl * u[blob] ** 2)
         refl[blob] = brightness[:, None] * spec[None, :]
         leaves |= blob
         leaf_ids[blob] = leaf
+        traits[blob] = [leaf_traits[k] for k in TRAITS]
     # Camera: response weaker at the spectral edges; illumination falls off across columns.
     response = 0.35 + 0.65 * np.exp(-(((wl - 650.0) / 260.0) ** 4))
     illumination = 1.0 - 0.3 * ((np.arange(samples) - samples / 2) / samples) ** 2 * 4
@@ -110,7 +117,7 @@ def make_scene(seed: int, lines: int = 64, samples: int = 96, bands: int = 500,
     raw = measure(dark_pattern[None] + refl * span[None])
     white = measure(np.broadcast_to(dark_pattern + span, (ref_lines, samples, bands)).copy())
     dark = measure(np.broadcast_to(dark_pattern, (ref_lines, samples, bands)).copy())
-    return Scene(raw, white, dark, refl.astype(np.float32), leaves, leaf_ids, wl)
+    return Scene(raw, white, dark, refl.astype(np.float32), leaves, leaf_ids, wl, traits)
 
 
 def configured_scene(synthetic: dict, index: int) -> Scene:
@@ -130,10 +137,14 @@ def quantise(counts: np.ndarray, dtype: str) -> np.ndarray:
 
 def write_scene(scene: Scene, folder: str | Path, name: str, fmt: str = "envi",
                 interleave: str = "bil", dtype: str = "<u2") -> dict[str, Path]:
-    """Write raw, white and dark cubes of a scene; returns their data paths by role."""
+    """Write raw, white and dark cubes of a scene (ENVI: and its leaf-trait raster); returns the data paths by role."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
+    if fmt == "envi":  # the field truth beside the cubes: a float32 ENVI raster, one band per trait
+        out["traits"] = write_envi(folder / f"{name}_traits.hdr", scene.traits, None, "bsq", "<f4",
+                                   description="leaf traits (PROSPECT-D): chlorophyll, water, dry matter",
+                                   band_names=TRAITS)
     for role, cube in (("raw", scene.raw), ("white", scene.white), ("dark", scene.dark)):
         q = quantise(cube, dtype)
         stem = name if role == "raw" else f"{name}_{role}"

@@ -99,6 +99,7 @@ def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path, needed: d
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     std = np.where(std > 1e-6, std, 1.0)
     mask_background = hs["tiles"]["mask_background"]
+    trait_names = _common_traits(groups)
     counts = {}
     for split in SPLITS:
         picks = picks_by_split[split]
@@ -111,6 +112,9 @@ def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path, needed: d
                                       dimension_names=["tile", "band", "y", "x"])
             masks = root.create_array("mask", shape=(n_tiles, *size), chunks=(max(1, n_tiles), *size),
                                       dtype="uint8", dimension_names=["tile", "y", "x"])
+            trait_tiles = root.create_array("traits", shape=(n_tiles, len(trait_names), *size),
+                                            chunks=(max(1, n_tiles), len(trait_names), *size), dtype="float32",
+                                            dimension_names=["tile", "trait", "y", "x"]) if trait_names else None
             i, order = 0, []
             for name in names:
                 mask = masks_by_image[name]
@@ -124,17 +128,33 @@ def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path, needed: d
                         norm[~keep] = 0.0
                     tiles[i] = norm.transpose(2, 0, 1).astype(np.float32)
                     masks[i] = keep
+                    if trait_tiles is not None:
+                        trait_tiles[i] = groups[name]["traits"][y:y + size[0], x:x + size[1]].transpose(2, 0, 1)
                     order.append((name, y, x))
                     i += 1
             root.create_array("wavelength", data=wl, dimension_names=["band"])
             root.attrs.update({"images": [p[0] for p in order], "origins": [[p[1], p[2]] for p in order],
-                               "split": split})
+                               "split": split, "traits": trait_names})
     stats = {"wavelengths": wl.tolist(), "mean": mean.tolist(), "std": std.tolist(),
              "plant_pixels": int(count), "splits": splits, "tiles": counts, "empty_splits": empty,
              "tile_size": list(size), "train_stride": list(strides["train"]),
-             "background_masked": bool(mask_background)}
+             "background_masked": bool(mask_background), "traits": trait_names}
     write_json(out_dir / "stats.json", stats)
     return stats
+
+
+def _common_traits(groups: dict) -> list[str]:
+    """The leaf traits every image carries (the tiles' `traits`), or none with a log line why."""
+    names = {name: list(g.attrs.get("traits", [])) for name, g in groups.items()}
+    first = next(iter(names.values()), [])
+    if first and all(n == first for n in names.values()):
+        return first
+    if any(names.values()):
+        log.info("hyperspectral: not every image has the same leaf-trait raster (%s); tiles without traits",
+                 {k: v for k, v in names.items()})
+    else:
+        log.info("hyperspectral: the images carry no leaf-trait raster; tiles without traits (no trait probe)")
+    return []
 
 
 def read_summaries(paths: list[str | Path]) -> dict[str, dict]:

@@ -17,17 +17,21 @@ def _disk_bytes(cube: np.ndarray, interleave: str, dtype: np.dtype) -> bytes:
 
 
 def write_envi(header: str | Path, cube: np.ndarray, wavelengths, interleave: str = "bil",
-               dtype: str = "<u2", data_suffix: str = ".raw", description: str = "") -> Path:
-    """ENVI header + raw data for a (lines, samples, bands) cube; returns the data path."""
+               dtype: str = "<u2", data_suffix: str = ".raw", description: str = "",
+               band_names: tuple[str, ...] | None = None) -> Path:
+    """ENVI header + raw data for a (lines, samples, bands) cube (wavelengths None and band_names
+    for a raster that is not a spectrum); returns the data path."""
     header = Path(header)
     dt = np.dtype(dtype)
     lines, samples, bands = cube.shape
-    wl = ", ".join(f"{w:.3f}" for w in wavelengths)
     text = (f"ENVI\ndescription = {{{description}}}\nsamples = {samples}\nlines = {lines}\n"
             f"bands = {bands}\nheader offset = 0\nfile type = ENVI Standard\n"
             f"data type = {_ENVI_CODES[dt.kind + str(dt.itemsize)]}\ninterleave = {interleave}\n"
-            f"byte order = {1 if dt.byteorder == '>' else 0}\nwavelength units = Nanometers\n"
-            f"wavelength = {{{wl}}}\n")
+            f"byte order = {1 if dt.byteorder == '>' else 0}\n")
+    if wavelengths is not None:
+        text += f"wavelength units = Nanometers\nwavelength = {{{', '.join(f'{w:.3f}' for w in wavelengths)}}}\n"
+    if band_names:
+        text += f"band names = {{{', '.join(band_names)}}}\n"
     data = header.with_suffix(data_suffix)
     with atomic_path(data) as tmp:
         tmp.write_bytes(_disk_bytes(cube, interleave, dt))

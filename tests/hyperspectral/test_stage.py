@@ -42,7 +42,7 @@ def processed(scenes, tmp_path_factory):
     done = {}
     for name, (scene, paths) in scenes.items():
         summary = preprocess_image(paths["raw"], paths["white"], paths["dark"], hs,
-                                   folder / f"{name}.zarr", folder / f"{name}.json")
+                                   folder / f"{name}.zarr", folder / f"{name}.json", traits=paths["traits"])
         done[name] = (folder / f"{name}.zarr", summary)
     return hs, done
 
@@ -79,6 +79,35 @@ def test_tiles_have_shape_and_normalised_training_statistics(processed, tmp_path
     np.testing.assert_allclose(plant.std(0), 1.0, atol=1e-3)
     assert len(train.attrs["images"]) == tiles.shape[0]
     assert np.all(tiles.transpose(0, 2, 3, 1)[~masks] == 0.0)  # background masked
+
+
+def test_leaf_traits_travel_from_the_scene_to_the_tiles(scenes, processed, tmp_path, caplog):
+    """The synthetic scene's per-pixel PROSPECT traits, written as an ENVI raster beside the
+    cubes, reach the preprocessed store and every tile at its origin; an image without a
+    trait raster leaves the tiles without traits, with a log line."""
+    import logging
+
+    hs, done = processed
+    for name, (store, summary) in done.items():
+        g = zarr.open_group(str(store), mode="r")
+        np.testing.assert_array_equal(g["traits"][:], scenes[name][0].traits)
+        assert summary["traits"] == ["cab", "cw", "cm"] == list(g.attrs["traits"])
+    stats = make_tiles({n: p for n, (p, _) in done.items()}, hs, tmp_path / "with")
+    assert stats["traits"] == ["cab", "cw", "cm"]
+    test = zarr.open_group(str(tmp_path / "with/test.zarr"), mode="r")
+    for i, (image, (y, x)) in enumerate(zip(test.attrs["images"], test.attrs["origins"])):
+        truth = scenes[image][0].traits[y:y + 16, x:x + 16].transpose(2, 0, 1)
+        np.testing.assert_array_equal(test["traits"][i], truth)
+    leaves = scenes["p0"][0].leaves
+    assert np.isnan(scenes["p0"][0].traits[~leaves]).all() and (scenes["p0"][0].traits[leaves] > 0).all()
+    bare = tmp_path / "bare.zarr"  # p0 again, preprocessed without its raster
+    paths = scenes["p0"][1]
+    preprocess_image(paths["raw"], paths["white"], paths["dark"], hs, bare, tmp_path / "bare.json")
+    images = {**{n: p for n, (p, _) in done.items()}, "p0": bare}
+    with caplog.at_level(logging.INFO):
+        stats = make_tiles(images, hs, tmp_path / "without")
+    assert stats["traits"] == [] and "tiles without traits" in caplog.text
+    assert "traits" not in zarr.open_group(str(tmp_path / "without/train.zarr"), mode="r")
 
 
 def test_training_tiles_may_overlap_but_held_out_tiles_never_do(processed, tmp_path):

@@ -97,16 +97,18 @@ def era5_steps(wildcards):
 
 
 def hs_cubes(wildcards):
-    """raw, white, dark cubes of one image (generated, or from config with source files), and
-    under `files` every header and data file they are read from: replacing one reruns the image."""
+    """raw, white, dark cubes of one image (generated, or from config with source files), its
+    leaf-trait raster where there is one, and under `files` every header and data file they are
+    read from: replacing one reruns the image."""
     if HS["source"] == "files":
         entry = next(f for f in HS["files"] if f["name"] == wildcards.image)
-        paths = {"raw": entry["raw"], "white": entry["white"], "dark": entry["dark"]}
+        paths = {k: entry[k] for k in ("raw", "white", "dark", "traits") if entry.get(k)}
         return {**paths, "files": sorted({f for p in paths.values() for f in cube_files(p)})}
     return {"raw": f"{HS_RAW}/{wildcards.image}.raw",
             "white": f"{HS_RAW}/{wildcards.image}_white.raw",
             "dark": f"{HS_RAW}/{wildcards.image}_dark.raw",
-            "files": [f"{HS_RAW}/{wildcards.image}{end}.hdr" for end in ("", "_white", "_dark")]}
+            "traits": f"{HS_RAW}/{wildcards.image}_traits.raw",
+            "files": [f"{HS_RAW}/{wildcards.image}{end}.hdr" for end in ("", "_white", "_dark", "_traits")]}
 
 
 def hs_entry(wildcards):

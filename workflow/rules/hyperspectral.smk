@@ -16,7 +16,8 @@ rule hs_all:
 
 rule hs_acquire:
     output:
-        multiext(f"{HS_RAW}/{{image}}", ".raw", ".hdr", "_white.raw", "_white.hdr", "_dark.raw", "_dark.hdr"),
+        multiext(f"{HS_RAW}/{{image}}", ".raw", ".hdr", "_white.raw", "_white.hdr", "_dark.raw", "_dark.hdr",
+                 "_traits.raw", "_traits.hdr"),
     params:
         config_hash=CFG.section_hash("hyperspectral.synthetic"),
         out=parent_folder(0),
@@ -41,6 +42,7 @@ rule hs_preprocess:
     params:
         config_hash=CFG.section_hash("hyperspectral.bands", "hyperspectral.calibrate", "hyperspectral.mask"),
         entry=hs_entry,
+        traits=lambda wildcards, input: f"--traits {input.traits} " if "traits" in input.keys() else "",
         cli=CLI,
         rule_name="hs_preprocess",
     log:
@@ -51,7 +53,7 @@ rule hs_preprocess:
         "../../envs/hyperspectral.yaml"
     shell:
         "{params.cli} hyperspectral preprocess --config $DCHAG_CONFIG --rule {params.rule_name} "
-        "--image {wildcards.image} --raw {input.raw} --white {input.white} --dark {input.dark} "
+        "--image {wildcards.image} --raw {input.raw} --white {input.white} --dark {input.dark} {params.traits}"
         "--output {output.data} --summary {output.summary} --preview {output.preview} > {log} 2>&1"
 
 
