@@ -18,6 +18,7 @@ the true patch's plant-pixel mean and deviation (oracle statistics, said in the 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +32,11 @@ from ..model.tokenizer import unpatchify
 from ..parallel import checkpoint as ckpt
 from ..parallel.mesh import is_main
 from ..model.mae_objective import LOCAL_RADIUS_PATCHES, MaeObjective, local_visible_mean
-from .runtime import gather, load_parallel, progress, share, start
+from .runtime import fresh_parallel, gather, load_parallel, progress, share, start
 
 RGB_NM = (640.0, 550.0, 460.0)
+PROBE_SEED = 12345  # the random encoder's initial weights (drawn as training draws them)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -143,7 +146,42 @@ def run_mae_eval(job: MaeEval) -> dict | None:
                 n = max(total.n_pixels, 1)
                 out["mean_true"], out["mean_recon"] = (total.true_sum / n).tolist(), (total.recon_sum / n).tolist()
                 out["preview"] = preview
+    trait_probe = _trait_probe(job, model, spec, mesh, device)
+    if trait_probe is not None:
+        out["probe"] = trait_probe
     return out if is_main() else None
+
+
+def _trait_probe(job, model, spec, mesh, device) -> dict | None:
+    """The leaf-trait probe (evaluate/probe.py) on the train and test tiles, or None (with a log
+    line) when the tiles carry no traits. Every rank runs the encoders; rank 0 fits."""
+    import zarr
+
+    from . import probe
+
+    stores = {s: zarr.open_group(str(Path(job.tiles) / f"{s}.zarr"), mode="r") for s in ("train", "test")}
+    if not all("traits" in g for g in stores.values()):
+        if is_main():
+            log.info("trait probe skipped: the tiles carry no leaf traits (user cubes without a trait raster)")
+        return None
+    names = list(stores["train"].attrs["traits"])
+    data = {s: (g["tiles"][:], g["mask"][:].astype(bool), g["traits"][:]) for s, g in stores.items()}
+    encoders = {"pretrained": model, "random": fresh_parallel(spec, mesh, device, PROBE_SEED)}
+    feats = {name: {s: probe.encoder_features(m, data[s][0], device) for s in data} for name, m in encoders.items()}
+    if not is_main():
+        return None
+    rows, targets, spectra = {}, {}, {}
+    for s, (tiles, plants, traits) in data.items():
+        keep, mean, _ = probe.patch_targets(traits, plants, spec.patch)
+        rows[s], targets[s] = keep, mean[keep]
+        spectra[s] = probe.patch_spectra(tiles, plants, spec.patch)[keep]
+    features = {name: (feats[name]["train"][rows["train"]], feats[name]["test"][rows["test"]]) for name in encoders}
+    features["spectrum"] = (spectra["train"], spectra["test"])
+    groups = np.nonzero(rows["train"])[0]  # the tile of each training patch
+    result = probe.probe(features, (targets["train"], targets["test"]), groups, names)
+    log.info("trait probe, test R2: %s", {t: {k: round(v["r2"], 3) for k, v in r.items()} for t, r in result.items()})
+    return {"traits": names, "patches": {"train": int(rows["train"].sum()), "test": int(rows["test"].sum())},
+            "scores": result}
 
 
 PREDICTORS = ("model", "ref_zero", "ref_visible_mean", "ref_local_mean")

@@ -40,6 +40,15 @@ def load_parallel(path: str | Path, spec: ModelSpec, mesh, device) -> torch.nn.M
     return model.eval()
 
 
+def fresh_parallel(spec: ModelSpec, mesh, device, seed: int) -> torch.nn.Module:
+    """A freshly initialised model of `spec` (the training's seeded initial weights), parallelized on `mesh`."""
+    with torch.device("meta"):
+        model = build_model(spec, seed=None)
+    parallelize(model, mesh)
+    materialize(model, device, seed=seed)
+    return model.eval()
+
+
 def share(items: list, mesh, batch: int) -> tuple[list, int, bool]:
     """(this data-parallel shard's items, forward passes every rank makes, whether this rank scores).
 

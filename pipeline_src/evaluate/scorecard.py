@@ -201,7 +201,29 @@ def markdown(rows: list[dict], diffs: list[dict], meta: dict, mae: dict[str, dic
                                  f"{ratio:.2f} | {_fmt(m[f'mse_reflectance{suffix}'])} | {m[f'psnr{suffix}']:.2f} | "
                                  f"{m[f'sam_deg{suffix}']:.2f} |")
         lines.append("")
+    probed = {name: res["probe"] for name, res in mae.items() if res.get("probe")}
+    if probed:
+        lines += probe_table(probed)
     return "\n".join(lines)
+
+
+def probe_table(probed: dict[str, dict]) -> list[str]:
+    """The leaf-trait probe: test R2 (and NRMSE) per trait and feature set, the MAEs side by side."""
+    names = list(probed)
+    first = next(iter(probed.values()))
+    lines = ["## Leaf-trait probe (ridge regression on frozen features, test plants)", "",
+             "Per patch with plant pixels, the mean of its pixels' chlorophyll (cab), water (cw) and dry "
+             "matter (cm), fitted on the training tiles and scored on the test tiles from: the pretrained "
+             "encoder's token of the patch, the same architecture freshly initialised, and the patch's mean "
+             f"spectrum. {first['patches']['train']} training and {first['patches']['test']} test patches. "
+             "Cells: R2 (NRMSE = RMSE / test standard deviation); R2 0 is the test mean.", "",
+             "| trait | features | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for trait in first["traits"]:
+        for features in ("pretrained", "random", "spectrum"):
+            cells = [probed[n]["scores"][trait][features] for n in names]
+            lines.append(f"| {trait} | {features} | " + " | ".join(f"{c['r2']:.3f} ({c['nrmse']:.3f})" for c in cells)
+                         + " |")
+    return lines + [""]
 
 
 def system_rows(systems: dict[str, xr.Dataset]) -> list[dict]:

@@ -157,6 +157,10 @@ def evaluate_mae(cfg: Config, variant: str, checkpoint: str, tiles: str, out_dir
             return
         rows = [{"variant": variant, "split": split, "metric": k, "value": v}
                 for split, m in res["splits"].items() for k, v in m.items()]
+        probe = res.get("probe", {}).get("scores", {})
+        rows += [{"variant": variant, "split": "test", "metric": f"probe_{metric}.{trait}.{features}", "value": v}
+                 for trait, by_features in probe.items() for features, scores in by_features.items()
+                 for metric, v in scores.items() if metric != "alpha"]
         with atomic_path(out / "metrics.csv") as tmp:
             with open(tmp, "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=["variant", "split", "metric", "value"])
@@ -170,6 +174,7 @@ def evaluate_mae(cfg: Config, variant: str, checkpoint: str, tiles: str, out_dir
         write_json(out / "summary.json", {"system": variant, "task": "mae", **res})
         for split, m in res["splits"].items():
             run.log_metrics({f"{split}.{k}": v for k, v in m.items()})
+        run.log_metrics({r["metric"]: r["value"] for r in rows if r["metric"].startswith("probe_")})
         for name in ("metrics.csv", "summary.json", "plots"):
             run.log_artifact(out / name, None if name.endswith((".csv", ".json")) else name)
 

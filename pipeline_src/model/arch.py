@@ -69,6 +69,10 @@ class MaskedAutoencoder(nn.Module):
         visible = tokens[~mask].reshape(b, -1, dim)
         return self.decoder(self.backbone(visible), mask)
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output token of every patch, none masked: (B, L, dim) features for probes."""
+        return self.backbone(self.front_norm(self.front(x)) + self.pos_embed)
+
 
 def random_mask(batch: int, num_patches: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
     """A (batch, num_patches) bool mask with round(ratio * num_patches) True (masked) per row."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, PrepareModuleOutput,
                                                RowwiseParallel, SequenceParallel, parallelize_module)
@@ -151,6 +151,8 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, mp_policy: MixedPrecisionP
         if isinstance(module, Block) or id(module) in private:
             fully_shard(module, **kwargs)
     fully_shard(model, **kwargs)
+    if hasattr(model, "encode"):  # the MAE's encoder-only pass (evaluate/probe.py) gathers like forward
+        register_fsdp_forward_method(model, "encode")
 
 
 def parallelize(model: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy | None = None,

@@ -265,6 +265,10 @@ def test_evaluation_outputs_and_tracking(workflow_run):
     assert set(mae["splits"]) == {"val", "test"} and mae["splits"]["test"]["plant_pixels"] > 0
     assert all(f"masked_mse_{ref}" in mae["splits"]["test"] for ref in ("ref_zero", "ref_visible_mean", "ref_local_mean"))
     assert "| mae-dchag-L | test |" in card and "| local mean |" in card
+    probe = mae["probe"]  # the leaf-trait probe: the synthetic scenes carry their leaves' traits
+    assert probe["traits"] == ["cab", "cw", "cm"] and probe["patches"]["train"] > 0 < probe["patches"]["test"]
+    assert all(set(probe["scores"][t]) == {"pretrained", "random", "spectrum"} for t in probe["traits"])
+    assert "## Leaf-trait probe" in card and "| cab | pretrained |" in card
     assert (ev / "mae-dchag-L/plots/reconstruction.png").stat().st_size > 1000
     client, runs = _runs(wd)
     evals = {r.data.params.get("variant", "baselines"): r for r in runs if r.data.tags.get("rule") in ("evaluate", "evaluate_mae")}

@@ -59,11 +59,13 @@ def test_kill_and_resume_is_exact_and_loads_at_other_world_sizes(tmp_path):
     spec_dict = meta["spec"]
     x, lead, mask, _ = workers._inputs(workers.ModelSpec.from_dict(spec_dict))
     with torch.no_grad():
-        expected = model(x, mask)
+        expected, encoded = model(x, mask), model.encode(x)
     # partitions=2 cannot split over tp 4; probe at tp 2 x fsdp 2 instead
     out_file = tmp_path / "probe.pt"
     run_local(workers.probe_output, 4, str(straight.final_dir), 2, 2, str(out_file))
-    torch.testing.assert_close(torch.load(out_file), expected, atol=1e-5, rtol=1e-4)
+    got = torch.load(out_file)
+    torch.testing.assert_close(got["out"], expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got["encode"], encoded, atol=1e-5, rtol=1e-4)  # FSDP gathers for encode too
 
 
 @pytest.mark.timeout(300)

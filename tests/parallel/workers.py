@@ -185,9 +185,10 @@ def probe_output(ckpt_path: str, tp: int, fsdp: int, out_file: str) -> None:
     x, lead, mask, _ = _inputs(spec)
     with torch.no_grad():
         out = model(x, lead) if spec.task == "forecast" else model(x, mask)
+        encoded = _full(model.encode(x)) if spec.task == "mae" else None  # the trait probe's features
     out = _full(out)
     if dist.get_rank() == 0:
-        torch.save(out, out_file)
+        torch.save(out if encoded is None else {"out": out, "encode": encoded}, out_file)
     dist.destroy_process_group()
 
 
