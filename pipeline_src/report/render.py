@@ -80,7 +80,7 @@ def report_markdown(measured: dict, rows: list[dict], check: list[dict], hw: Har
               "## 2. Projected to the authors' scale", ""]
     if not cfg.data["report"]["paper_scale"]:
         lines += ["Not in this report: set `report.paper_scale: true`, or run `snakemake report_paper` for "
-                  "`results/report/paper/paper.md` alone (CPU only, about 16 minutes on 2 cores).", ""]
+                  "`results/report/paper/paper.md` alone (CPU only, about 35 minutes on 2 cores).", ""]
     else:
         lines += ["See the sections below.", ""]
     lines += ["## 3. Throughput model", "",

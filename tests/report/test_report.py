@@ -92,9 +92,9 @@ def test_planner_refuses_what_it_cannot_plan():
     assert proc.returncode == 2
     assert "does not fit: the smallest layout (dchag-L Tree0, TP 1 x FSDP 6, recompute none) needs" in proc.stderr
     gap = paper.largest_gap()
-    assert f"headroom 20% of 8 GiB kept free: the largest measured gap of a logged peak over its projection, " \
+    assert f"headroom 30% of 8 GiB kept free: the largest measured gap of a logged peak over its projection, " \
            f"{gap.describe()}" in proc.stdout
-    assert "with 20% headroom leaves 6.4" in proc.stderr
+    assert "with 30% headroom leaves 5.6" in proc.stderr
 
 
 def test_planner_headroom_comes_from_the_projection_docs_quote():
@@ -107,8 +107,8 @@ def test_planner_headroom_comes_from_the_projection_docs_quote():
     quoted = {f"{p} {c}ch TP{t}": dict(zip(paper.ARCHS, map(float, v))) for p, c, t, *v in rows}
     assert quoted == paper.PROJECTED_CLOSEST
     gap = paper.largest_gap()
-    assert (gap.config, gap.arch) == ("1.7B 512ch TP2", "dchag-C") and gap.fraction == pytest.approx(52.8 / 42.0 - 1)
-    assert gap.headroom == pytest.approx(1 - 42.0 / 52.8)  # a projected peak P needs P x 52.8 / 42.0
+    assert (gap.config, gap.arch) == ("1.7B 512ch TP2", "dchag-C") and gap.fraction == pytest.approx(52.8 / 37.0 - 1)
+    assert gap.headroom == pytest.approx(1 - 37.0 / 52.8)  # a projected peak P needs P x 52.8 / 37.0
     assert PlanRequest(params="7B", channels=8, gpus=8, gpu_mem_gb=64).kept_free()[0] == gap.headroom
     assert PlanRequest(params="7B", channels=8, gpus=8, gpu_mem_gb=64, headroom=0.05).kept_free() == (0.05, "--headroom")
 
