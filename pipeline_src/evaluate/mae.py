@@ -177,10 +177,12 @@ def _trait_probe(job, model, spec, mesh, device) -> dict | None:
         spectra[s] = probe.patch_spectra(tiles, plants, spec.patch)[keep]
     features = {name: (feats[name]["train"][rows["train"]], feats[name]["test"][rows["test"]]) for name in encoders}
     features["spectrum"] = (spectra["train"], spectra["test"])
-    groups = np.nonzero(rows["train"])[0]  # the tile of each training patch
+    images = np.asarray(stores["train"].attrs["images"])  # the plant of each training tile
+    groups = np.unique(images, return_inverse=True)[1][np.nonzero(rows["train"])[0]]
     result = probe.probe(features, (targets["train"], targets["test"]), groups, names)
     log.info("trait probe, test R2: %s", {t: {k: round(v["r2"], 3) for k, v in r.items()} for t, r in result.items()})
     return {"traits": names, "patches": {"train": int(rows["train"].sum()), "test": int(rows["test"].sum())},
+            "plants": {"train": len(set(stores["train"].attrs["images"])), "test": len(set(stores["test"].attrs["images"]))},
             "scores": result}
 
 

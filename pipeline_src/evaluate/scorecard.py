@@ -215,11 +215,14 @@ def probe_table(probed: dict[str, dict]) -> list[str]:
              "Per patch with plant pixels, the mean of its pixels' chlorophyll (cab), water (cw) and dry "
              "matter (cm), fitted on the training tiles and scored on the test tiles from: the pretrained "
              "encoder's token of the patch, the same architecture freshly initialised, and the patch's mean "
-             f"spectrum. {first['patches']['train']} training and {first['patches']['test']} test patches. "
-             "Cells: R2 (NRMSE = RMSE / test standard deviation); R2 0 is the test mean.", "",
+             f"spectrum. {first['patches']['train']} training patches of {first['plants']['train']} plants, "
+             f"{first['patches']['test']} test patches of {first['plants']['test']} other plants; the ridge penalty "
+             "is cross-validated over the training plants. "
+             "Cells: R2 (NRMSE = RMSE / test standard deviation); R2 0 is the test plants' own mean, "
+             "*training mean* the constant a probe must beat.", "",
              "| trait | features | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for trait in first["traits"]:
-        for features in ("pretrained", "random", "spectrum"):
+        for features in ("pretrained", "random", "spectrum", "training mean"):
             cells = [probed[n]["scores"][trait][features] for n in names]
             lines.append(f"| {trait} | {features} | " + " | ".join(f"{c['r2']:.3f} ({c['nrmse']:.3f})" for c in cells)
                          + " |")

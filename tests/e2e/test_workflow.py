@@ -267,7 +267,7 @@ def test_evaluation_outputs_and_tracking(workflow_run):
     assert "| mae-dchag-L | test |" in card and "| local mean |" in card
     probe = mae["probe"]  # the leaf-trait probe: the synthetic scenes carry their leaves' traits
     assert probe["traits"] == ["cab", "cw", "cm"] and probe["patches"]["train"] > 0 < probe["patches"]["test"]
-    assert all(set(probe["scores"][t]) == {"pretrained", "random", "spectrum"} for t in probe["traits"])
+    assert all(set(probe["scores"][t]) == {"pretrained", "random", "spectrum", "training mean"} for t in probe["traits"])
     assert "## Leaf-trait probe" in card and "| cab | pretrained |" in card
     assert (ev / "mae-dchag-L/plots/reconstruction.png").stat().st_size > 1000
     client, runs = _runs(wd)
