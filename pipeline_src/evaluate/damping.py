@@ -18,24 +18,24 @@ from ..io import InputError
 
 def fit_damping(data, lead_days: list[float], targets: list[str], stride: int = 1, batch: int = 64) -> dict:
     """alpha per target and lead from a VerificationData on the training split, with what it was fitted on."""
-    missing = [t for t in targets if t not in data.split.channels]
-    if missing:
-        raise InputError(data.split.store, f"target channels {missing} are not in the store")
-    idx = [data.split.channels.index(t) for t in targets]
+    idx = data.target_indices(targets)
     inits, steps = data.init_indices(lead_days, stride)
     if not inits:
         raise InputError(data.split.store, f"no initialisation time of the split reaches {max(lead_days):g} days")
     w = np.asarray(data.weights, np.float64)[:, None]  # (lat, 1): broadcast over longitude
+
+    def anomaly(times: list[int]) -> np.ndarray:  # (n, V, H, W): only the targets are read
+        return (data.split.read(times, idx) - data.climatology.at(data.times[times], idx)).astype(np.float64)
+
     cross = np.zeros((len(steps), len(idx)))
-    power = np.zeros((len(steps), len(idx)))
+    power = np.zeros(len(idx))
     for lo in range(0, len(inits), batch):
         chunk = inits[lo:lo + batch]
-        x, clim_x, truth, clim, _ = data.batch(chunk, steps, idx)
-        a0 = (x[:, idx] - clim_x[:, idx]).astype(np.float64)[:, None]  # (n, 1, V, H, W)
-        a_lead = (truth - clim).astype(np.float64)  # (n, lead, V, H, W)
-        cross += (w * a0 * a_lead).sum(axis=(0, 3, 4))
-        power += (w * a0 * a0).sum(axis=(0, 3, 4))
-    alpha = np.divide(cross, power, out=np.zeros_like(cross), where=power > 0)
+        a0 = anomaly(chunk)
+        power += (w * a0 * a0).sum(axis=(0, 2, 3))
+        for li, step in enumerate(steps):
+            cross[li] += (w * a0 * anomaly([i + step for i in chunk])).sum(axis=(0, 2, 3))
+    alpha = np.divide(cross, power[None], out=np.zeros_like(cross), where=power[None] > 0)
     times = data.times[inits]
     return {"coefficients": {t: [float(alpha[li, vi]) for li in range(len(steps))] for vi, t in enumerate(targets)},
             "lead_days": [float(d) for d in lead_days], "fitted_on": "train", "n_inits": len(inits),

@@ -49,6 +49,13 @@ class VerificationData:
         inits = list(range(0, len(self.times) - max(steps), stride))
         return inits, steps
 
+    def target_indices(self, targets: list[str]) -> list[int]:
+        """Channel indices of the targets; InputError naming the store when one is missing."""
+        missing = [t for t in targets if t not in self.split.channels]
+        if missing:
+            raise InputError(self.split.store, f"target channels {missing} are not in the store")
+        return [self.split.channels.index(t) for t in targets]
+
     def batch(self, inits: list[int], lead_steps: list[int], targets: list[int]):
         """Physical fields of a batch: init state (n, C, H, W), its climatology, and per lead
         (n, lead, V, H, W) truth and climatology at the valid times."""
@@ -167,10 +174,7 @@ def baseline_scores(data: VerificationData, lead_days: list[float], stride: int,
     """Climatology, persistence and damped persistence (alpha (lead, target), evaluate/damping.py)
     scored on the same initialisation times as the models."""
     inits, lead_steps = data.init_indices(lead_days, stride)
-    missing = [t for t in targets if t not in data.split.channels]
-    if missing:
-        raise InputError(data.split.store, f"target channels {missing} are not in the store")
-    idx = [data.split.channels.index(t) for t in targets]
+    idx = data.target_indices(targets)
     hours = [round(d * 24) for d in lead_days]
     units = [data.units.get(t, "") for t in targets]
     scores = {name: Scores(name, hours, list(targets), units, data.weights) for name in BASELINES}

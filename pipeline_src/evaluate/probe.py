@@ -87,11 +87,16 @@ def fit_and_score(x_train, y_train, groups, x_test, y_test) -> dict:
             err += float(((xt[va] @ w - yt[va]) ** 2).sum())
         if err < best_err:
             best, best_err = alpha, err
-    pred = (xs @ _ridge(xt, yt, best)) * ys + ym
+    return {**_scores((xs @ _ridge(xt, yt, best)) * ys + ym, y_test), "alpha": best}
+
+
+def _scores(pred, y_test: np.ndarray) -> dict:
+    """R2 and RMSE over the test standard deviation of a prediction (an array, or a constant)."""
     resid = float(((pred - y_test) ** 2).mean())
     var = float(y_test.var())
-    return {"r2": 1 - resid / var if var > 0 else float("nan"),
-            "nrmse": float(np.sqrt(resid / var)) if var > 0 else float("nan"), "alpha": best}
+    if var <= 0:
+        return {"r2": float("nan"), "nrmse": float("nan")}
+    return {"r2": 1 - resid / var, "nrmse": float(np.sqrt(resid / var))}
 
 
 def probe(features: dict[str, tuple[np.ndarray, np.ndarray]], targets: tuple[np.ndarray, np.ndarray],
@@ -109,7 +114,4 @@ def probe(features: dict[str, tuple[np.ndarray, np.ndarray]], targets: tuple[np.
 def constant_score(y_train: np.ndarray, y_test: np.ndarray) -> dict:
     """R2 and NRMSE of predicting the training mean everywhere: what features must beat (new plants
     whose mean differs from the training plants' put it below 0)."""
-    resid = float(((y_test - y_train.mean()) ** 2).mean())
-    var = float(y_test.var())
-    return {"r2": 1 - resid / var if var > 0 else float("nan"),
-            "nrmse": float(np.sqrt(resid / var)) if var > 0 else float("nan"), "alpha": float("nan")}
+    return {**_scores(y_train.mean(), y_test), "alpha": float("nan")}

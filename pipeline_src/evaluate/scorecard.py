@@ -157,7 +157,7 @@ def markdown(rows: list[dict], diffs: list[dict], meta: dict, mae: dict[str, dic
                         _fmt(m.get(k, float("nan"))) for k in ("rmse", "rmse_climax", "acc", "bias", "pearson")) + " |")
             lines.append("")
     if diffs:
-        level = 1 - diffs[0]["level"]
+        alpha = 1 - diffs[0]["level"]  # the chance of excluding zero when there is no difference
         raw = sum(d["high"] < 0 or d["low"] > 0 for d in diffs)
         blocks = {d["lead_hours"]: d["block_days"] for d in diffs}
         lines += ["## RMSE differences with confidence intervals", "",
@@ -166,9 +166,9 @@ def markdown(rows: list[dict], diffs: list[dict], meta: dict, mae: dict[str, dic
                   "their autocorrelation falls below 0.1, at least the lead): "
                   + ", ".join(f"{h / 24:g} d: {b:g} days" for h, b in sorted(blocks.items()))
                   + ". Negative = the system is better.", "",
-                  f"{len(diffs)} intervals at {1 - level:.0%}: with no real differences about "
-                  f"{level * len(diffs):.1f} of them would exclude zero by chance. {raw} do; the verdicts are "
-                  f"Holm-corrected over all {len(diffs)} (family-wise error {level:.0%}), so a verdict other than "
+                  f"{len(diffs)} intervals at {1 - alpha:.0%}: with no real differences about "
+                  f"{alpha * len(diffs):.1f} of them would exclude zero by chance. {raw} do; the verdicts are "
+                  f"Holm-corrected over all {len(diffs)} (family-wise error {alpha:.0%}), so a verdict other than "
                   "'no significant difference' is unlikely to be chance.", "",
                   "| system | minus | variable | lead | block | difference | interval | p | verdict (Holm) |",
                   "|---|---|---|---|---|---|---|---|---|"]

@@ -11,8 +11,6 @@ from .settings import ForecastData, MaeData, ModelSettings, train_sections
 
 # train: keys that are not training settings (how the job is launched, the variants themselves)
 NOT_SETTINGS = ("launcher", "nproc", "mesh", "variants")
-MAE_DATA_KEYS = ("source", "bands", "image", "mask_ratio", "seed", "loss", "norm_pix", "sampling", "heldout_every",
-                 "heldout_draws", "augment")
 
 
 def data_version(*files: Path) -> str:
@@ -46,7 +44,7 @@ def job_data(cfg: Config, task: str, assembled, tiles) -> ForecastData | MaeData
             raise ValueError("an MAE variant on hyperspectral tiles needs the tiles directory")
         stores = {"store": str(Path(tiles) / "train.zarr"), "heldout_store": str(Path(tiles) / "val.zarr"),
                   "version": data_version(Path(tiles) / "stats.json")}
-    return MaeData(**{k: m[k] for k in MAE_DATA_KEYS}, **stores)
+    return MaeData(**m, **stores)  # every mae: key is a field (a new key without one is a TypeError)
 
 
 def job_from_config(cfg: Config, variant: str, out_dir: str | Path, assembled: str | Path | None,

@@ -137,8 +137,8 @@ class MaeData:
         object.__setattr__(self, "image", tuple(self.image))
 
 
-LAUNCH_SECTIONS = {"parallel": Parallelism, "checkpoint": Checkpointing, "runtime": Runtime}
-TRAIN_SECTIONS = {"optim": Optimisation, **LAUNCH_SECTIONS}
+# the config's train: keys by the section that holds them (TrainJob's attribute names)
+TRAIN_SECTIONS = {"optim": Optimisation, "parallel": Parallelism, "checkpoint": Checkpointing, "runtime": Runtime}
 
 
 def train_sections(**flat) -> dict:

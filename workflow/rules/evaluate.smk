@@ -49,8 +49,6 @@ use rule evaluate as evaluate_mae with:
         variant=one_of(MAES),
     params:
         rule_name="evaluate_mae",
-    log:
-        f"{LOGS}/evaluate/{{variant}}.log",
 
 
 rule evaluate_baselines:
