@@ -103,9 +103,11 @@ def test_baselines_and_persistence_losing_skill(assembled_era5):
     assert acc[0] > 0.7 and acc[0] > acc[1] > acc[2] > acc[3] and acc[3] < acc[0] - 0.3
     assert (pers["rmse"][3] > clim["rmse"][3]).all()  # at 30 days persistence is worse than climatology
     # fitted on another year, the damping stays within 5% of the better end at every lead, beats
-    # climatology everywhere and persistence where persistence has lost its skill (10 and 30 d)
+    # climatology where anomalies persist (1 and 3 d) and persistence where they no longer do (10
+    # and 30 d); there its alpha is near 0 and it is climatology to within sampling (0.5%)
     assert (damped["rmse"] <= 1.05 * np.minimum(clim["rmse"], pers["rmse"])).all()
-    assert (damped["rmse"] < clim["rmse"]).all() and (damped["rmse"][2:] < pers["rmse"][2:]).all()
+    assert (damped["rmse"][:2] < clim["rmse"][:2]).all() and (damped["rmse"][2:] < pers["rmse"][2:]).all()
+    assert (damped["rmse"][2:] < 1.005 * clim["rmse"][2:]).all()
     assert (damped["acc"][0] > 0.5).all() and (damped["acc"][0] > damped["acc"][3]).all()
     data.close()
 
