@@ -8,11 +8,15 @@ Per initialisation time, on a (..., latitude, longitude) field:
            with no anomaly at all (f' = 0 everywhere, e.g. the climatology itself) has ACC 0 by
            the rule stated in CONVENTIONS, not 0/0.
   pearson  weighted Pearson correlation of f and o over the grid (spatial means removed)
+  forecast_power, truth_power  weighted spatial means of f'^2 and o'^2
 Over initialisation times:
   rmse         sqrt(mean of MSE)          (WB2, ECMWF: the headline)
   rmse_climax  mean of sqrt(MSE)          (ClimaX and the D-CHAG authors' per-sample RMSE)
   mse, acc, bias: means over initialisation times; pearson: mean over the inits where it is
   defined (a constant field has none).
+  activity     sqrt(mean forecast_power / mean truth_power): the forecast anomalies' amplitude
+               over the truth's (ECMWF's anomaly "activity", as a ratio). 1 is as active as the
+               truth, 0 is climatology; the MSE-best forecast is damped to about its ACC.
 Weights are cell areas (sin of the upper cell edge minus sin of the lower), normalised to
 mean 1; on a regular grid of cell centres they equal cos(latitude) normalised.
 """
@@ -23,8 +27,8 @@ import warnings
 
 import numpy as np
 
-PER_INIT = ("mse", "acc", "bias", "pearson")
-AGGREGATES = ("rmse", "rmse_climax", "mse", "acc", "bias", "pearson")
+PER_INIT = ("mse", "acc", "bias", "pearson", "forecast_power", "truth_power")
+AGGREGATES = ("rmse", "rmse_climax", "mse", "acc", "bias", "pearson", "activity")
 CONVENTION = {
     "rmse": "wb2: sqrt(mean over inits of area-weighted MSE)",
     "rmse_climax": "climax: mean over inits of sqrt(area-weighted MSE)",
@@ -33,12 +37,16 @@ CONVENTION = {
            "then mean; a forecast without anomaly scores 0",
     "bias": "wb2: mean over inits of area-weighted mean error (forecast - truth)",
     "pearson": "mean over inits of area-weighted Pearson correlation (spatial means removed)",
+    "activity": "sqrt(mean over inits of area-weighted forecast anomaly^2 / same of the truth's), "
+                "anomalies from the training climatology; 1 = as active as the truth, 0 = climatology",
 }
 CONVENTIONS = ("Area weights: sin(upper cell edge) - sin(lower cell edge), mean 1. "
                "rmse = sqrt(mean_t MSE_t) (WeatherBench2); rmse_climax = mean_t sqrt(MSE_t) (ClimaX). "
                "ACC per initialisation time against the training-years day-of-year x hour "
                "climatology, spatial mean not removed, then averaged; ACC of a forecast with zero "
-               "anomaly (the climatology) is 0. Physical units.")
+               "anomaly (the climatology) is 0. activity = sqrt(mean_t forecast anomaly power / mean_t "
+               "truth anomaly power): 1 as active as the truth, 0 climatology, too damped well below the "
+               "ACC. Physical units.")
 
 
 def cell_edges(latitudes) -> np.ndarray:
@@ -66,7 +74,7 @@ def _wmean(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def per_init(forecast: np.ndarray, truth: np.ndarray, climatology: np.ndarray,
              weights: np.ndarray) -> dict[str, np.ndarray]:
-    """MSE, ACC, bias, Pearson of (..., lat, lon) fields, one value per leading index (float64)."""
+    """MSE, ACC, bias, Pearson and anomaly powers of (..., lat, lon) fields, one value per leading index (float64)."""
     f = np.asarray(forecast, dtype=np.float64)
     o = np.asarray(truth, dtype=np.float64)
     c = np.asarray(climatology, dtype=np.float64)
@@ -80,11 +88,12 @@ def per_init(forecast: np.ndarray, truth: np.ndarray, climatology: np.ndarray,
         fd = f - _wmean(f, w)[..., None, None]
         od = o - _wmean(o, w)[..., None, None]
         pearson = _wmean(fd * od, w) / np.sqrt(_wmean(fd * fd, w) * _wmean(od * od, w))
-    return {"mse": _wmean(err * err, w), "acc": acc, "bias": _wmean(err, w), "pearson": pearson}
+    return {"mse": _wmean(err * err, w), "acc": acc, "bias": _wmean(err, w), "pearson": pearson,
+            "forecast_power": ff, "truth_power": oo}
 
 
 def aggregate(per: dict[str, np.ndarray], axis: int = -1) -> dict[str, np.ndarray]:
-    """Per-init metrics (init along `axis`) -> rmse, rmse_climax, mse, acc, bias, pearson."""
+    """Per-init metrics (init along `axis`) -> rmse, rmse_climax, mse, acc, bias, pearson, activity."""
     mse = np.asarray(per["mse"], dtype=np.float64)
     pearson = np.asarray(per["pearson"], dtype=np.float64)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():  # constant fields: NaN, not a warning
@@ -97,6 +106,8 @@ def aggregate(per: dict[str, np.ndarray], axis: int = -1) -> dict[str, np.ndarra
         "acc": np.asarray(per["acc"]).mean(axis=axis),
         "bias": np.asarray(per["bias"]).mean(axis=axis),
         "pearson": pearson_mean,
+        "activity": np.sqrt(np.asarray(per["forecast_power"]).mean(axis=axis)
+                            / np.asarray(per["truth_power"]).mean(axis=axis)),
     }
 
 

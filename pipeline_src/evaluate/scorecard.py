@@ -148,13 +148,14 @@ def markdown(rows: list[dict], diffs: list[dict], meta: dict, mae: dict[str, dic
             sub = df[df.variable == var]
             unit = sub["units"].iloc[0]
             lines += [f"## {var} [{unit}]", "",
-                      "| lead | system | RMSE (WB2) | RMSE (ClimaX, per-init mean) | ACC (WB2) | bias | Pearson |",
-                      "|---|---|---|---|---|---|---|"]
+                      "| lead | system | RMSE (WB2) | RMSE (ClimaX, per-init mean) | ACC (WB2) | bias | Pearson "
+                      "| activity |",
+                      "|---|---|---|---|---|---|---|---|"]
             for h in sorted(set(sub["lead_hours"])):
                 for s in systems:
                     m = {r.metric: r.value for r in sub[(sub.lead_hours == h) & (sub.variant == s)].itertuples()}
                     lines.append(f"| {h / 24:g} d | {s} | " + " | ".join(
-                        _fmt(m.get(k, float("nan"))) for k in ("rmse", "rmse_climax", "acc", "bias", "pearson")) + " |")
+                        _fmt(m.get(k, float("nan"))) for k in ("rmse", "rmse_climax", "acc", "bias", "pearson", "activity")) + " |")
             lines.append("")
     if diffs:
         alpha = 1 - diffs[0]["level"]  # the chance of excluding zero when there is no difference

@@ -85,9 +85,14 @@ def read_per_init(path: str | Path) -> xr.Dataset:
     """A per_init.nc written by write_per_init, loaded and closed."""
     try:
         with xr.open_dataset(path, engine="netcdf4") as ds:
-            return ds.load()
+            ds = ds.load()
     except (OSError, ValueError) as err:
         raise InputError(path, f"not a per-init metrics file ({err})") from None
+    missing = [k for k in PER_INIT if k not in ds]
+    if missing:
+        raise InputError(path, f"has no {', '.join(missing)} (written by an older version): rerun its "
+                               f"evaluation, e.g. snakemake -R evaluate evaluate_baselines")
+    return ds
 
 
 def write_per_init(ds: xr.Dataset, path: str | Path) -> None:

@@ -242,7 +242,7 @@ def test_evaluation_outputs_and_tracking(workflow_run):
         rows = list(csv.DictReader(open(ev / name / "metrics.csv")))
         assert {r["variant"] for r in rows} == {name}
         assert {(r["variable"], r["lead_hours"]) for r in rows} == {(v, h) for v in ("z_500", "t2m") for h in ("24", "48")}
-        assert {r["metric"] for r in rows} >= {"rmse", "rmse_climax", "acc", "bias", "pearson"}
+        assert {r["metric"] for r in rows} >= {"rmse", "rmse_climax", "acc", "bias", "pearson", "activity"}
         assert all(r["convention"] for r in rows)
         assert (ev / name / "data/per_init.nc").is_file() and (ev / name / "plots/rmse_maps.png").stat().st_size > 1000
     damping = json.loads((ev / "damped_persistence/data/damping.json").read_text())

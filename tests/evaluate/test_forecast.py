@@ -11,7 +11,7 @@ import xarray as xr
 from pipeline_src.datasets.era5 import Climatology, ERA5Split
 from pipeline_src.evaluate.damping import coefficient_array, fit_damping
 from pipeline_src.evaluate.forecast import ForecastEval, VerificationData, baseline_scores, check_compatible
-from pipeline_src.evaluate.metrics import aggregate, cell_area_weights
+from pipeline_src.evaluate.metrics import PER_INIT, aggregate, cell_area_weights
 from pipeline_src.io import InputError
 from pipeline_src.parallel import checkpoint as ckpt
 from pipeline_src.parallel.spawn import run_local
@@ -54,7 +54,7 @@ def test_same_metrics_on_one_process_and_two_ranks(tp2_checkpoint, tmp_path):
     for ds in (single, tp2, dp2):
         assert ds.sizes == {"init_time": n_inits, "lead_hours": 2, "variable": 2}
         np.testing.assert_array_equal(ds["init_time"].values, single["init_time"].values)
-        for k in ("mse", "acc", "bias", "pearson"):
+        for k in PER_INIT:
             np.testing.assert_allclose(ds[k].values, single[k].values, rtol=1e-5, atol=1e-6, err_msg=k)
     assert list(single["lead_hours"].values) == [24, 72]
     assert list(single["units"].values) == ["m2 s-2", "K"]
@@ -236,6 +236,6 @@ def test_forecasts_exported_in_weatherbench2_layout_give_the_scorecard_rmse(tp2_
             valid = f["time"].values + lead
             err = f.isel(prediction_timedelta=li).values - o.sel(time=valid).values
             rmse = np.sqrt(((err ** 2) * w).mean(axis=(1, 2)).mean())
-            expected = aggregate({k: per[k].sel(variable=channel).values[:, li] for k in ("mse", "acc", "bias", "pearson")},
+            expected = aggregate({k: per[k].sel(variable=channel).values[:, li] for k in PER_INIT},
                                  axis=0)["rmse"]
             np.testing.assert_allclose(rmse, expected, rtol=1e-5, err_msg=f"{name} at {lead}")

@@ -57,6 +57,22 @@ def test_perfect_forecast_climatology_and_constant_bias():
         assert biased["pearson"] == pytest.approx(1.0, abs=1e-12)  # a shift keeps the pattern
 
 
+def test_activity_is_the_anomaly_amplitude_over_the_truths():
+    forecast, truth, clim = _fields(seed=5)
+    w = cell_area_weights(LAT)
+    assert aggregate(per_init(truth, truth, clim, w), axis=0)["activity"] == pytest.approx(1.0, rel=1e-12)
+    assert aggregate(per_init(clim, truth, clim, w), axis=0)["activity"] == 0.0
+    for k in (0.25, 2.0):  # damped toward (or blown up away from) climatology by k: activity k, ACC unchanged
+        scaled = aggregate(per_init(clim + k * (truth - clim), truth, clim, w), axis=0)
+        assert scaled["activity"] == pytest.approx(k, rel=1e-12)
+        assert scaled["acc"] == pytest.approx(1.0, abs=1e-12)
+    # over inits: the ratio of the mean powers, not the mean of per-init ratios
+    per = per_init(forecast, truth, clim, w)
+    expected = np.sqrt(per["forecast_power"].mean() / per["truth_power"].mean())
+    assert aggregate(per, axis=0)["activity"] == pytest.approx(expected, rel=1e-12)
+    assert expected != pytest.approx(np.sqrt(per["forecast_power"] / per["truth_power"]).mean(), rel=1e-6)
+
+
 def test_against_an_independent_formula():
     forecast, truth, clim = _fields(seed=3)
     w = cell_area_weights(LAT)
@@ -74,6 +90,8 @@ def test_against_an_independent_formula():
         assert per["acc"][t] == pytest.approx(acc, rel=1e-12)
         assert per["bias"][t] == pytest.approx(np.average(f - o, weights=w2), rel=1e-9)
         assert per["pearson"][t] == pytest.approx(r, rel=1e-12)
+        assert per["forecast_power"][t] == pytest.approx(np.average(fa**2, weights=w2), rel=1e-12)
+        assert per["truth_power"][t] == pytest.approx(np.average(oa**2, weights=w2), rel=1e-12)
     # ACC keeps the spatial mean of the anomalies (WB2): removing it changes the number here
     fa, oa = forecast - clim + 1.0, truth - clim + 1.0
     with_mean = per_init(clim + fa, clim + oa, clim, w)["acc"]

@@ -132,11 +132,14 @@ def test_per_init_dataset_round_trip(tmp_path):
     back = read_per_init(tmp_path / "p.nc")
     xr.testing.assert_allclose(back, ds)
     rows = table_rows(back)
-    assert {r["metric"] for r in rows} == {"rmse", "rmse_climax", "mse", "acc", "bias", "pearson"}
+    assert {r["metric"] for r in rows} == {"rmse", "rmse_climax", "mse", "acc", "bias", "pearson", "activity"}
     assert all(r["n_inits"] == 12 and r["convention"] for r in rows)
     with pytest.raises(InputError, match="not a per-init metrics file"):
         (tmp_path / "bad.nc").write_bytes(b"junk")
         read_per_init(tmp_path / "bad.nc")
+    write_per_init(ds.drop_vars(["forecast_power", "truth_power"]), tmp_path / "old.nc")
+    with pytest.raises(InputError, match=r"old.nc.*no forecast_power, truth_power .*rerun"):
+        read_per_init(tmp_path / "old.nc")
 
 
 def test_mae_reference_images_closed_forms():
