@@ -207,3 +207,20 @@ def test_gather_all_control_computes_the_baseline_function():
     torch.testing.assert_close(control(x, lead), base(x, lead))
     with pytest.raises(ValueError, match="gather-all .* equal partitions"):
         build_model(ModelSpec(arch="gather-all", task="forecast", partitions=3, **SMALL_MODEL))
+
+
+def test_lead_code_starts_on_the_tokens_scale():
+    """The lead embedding (fan-in 1) starts with unit-variance weights, so a forecaster's output
+    already depends on the lead at initialisation; drawn like the wide layers (std 0.02) the code
+    was a fiftieth of the tokens and a hundred steps did not teach the leads apart."""
+    spec = ModelSpec(arch="dchag-L", task="forecast", partitions=2, **SMALL_MODEL)
+    model = build_model(spec, seed=0)
+    weight, bias = model.lead_embed.weight, model.lead_embed.bias
+    assert 0.7 < float(weight.std()) < 1.3 and float(bias.abs().max()) == 0.0
+    x = torch.randn(4, SMALL_MODEL["channels"], *SMALL_MODEL["image"])
+    with torch.no_grad():
+        tokens = model.front_norm(model.front(x)) + model.pos_embed
+        code = model.lead_embed(torch.ones(1, 1))  # the lead scale (30 days)
+        assert float(code.pow(2).mean().sqrt()) > 0.3 * float(tokens.pow(2).mean().sqrt())
+        week, month = model(x, torch.full((4,), 7.0)), model(x, torch.full((4,), 30.0))
+    assert float((week - month).norm() / week.norm()) > 0.1
