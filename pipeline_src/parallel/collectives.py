@@ -13,6 +13,9 @@ import torch.distributed as dist
 
 from ..model.aggregation import PartitionGather
 
+# torch 2.13 renamed all_gather_into_tensor (a FutureWarning on every call); the HPC env allows 2.6+
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
 
 class _GatherPartitions(torch.autograd.Function):
     @staticmethod
@@ -23,7 +26,7 @@ class _GatherPartitions(torch.autograd.Function):
         # Gather along dim 0 (contiguous per rank), then move partitions back to dim 1.
         send = local.transpose(0, 1).contiguous()
         out = send.new_empty((world * send.shape[0], *send.shape[1:]))
-        dist.all_gather_into_tensor(out, send, group=group)
+        _all_gather_single(out, send, group=group)
         return out.transpose(0, 1).contiguous()
 
     @staticmethod
