@@ -37,9 +37,10 @@ from .netcdf import write_era5_netcdf
 
 EPOCH = pd.Timestamp("1940-01-01")
 LAST = pd.Timestamp("2101-01-01")
-LOW_FREQUENCY_K = np.array([0, 1, 2, 3])  # annular mode and quasi-stationary planetary waves
+LOW_FREQUENCY_K = np.array([0, 1, 2, 3])  # annular mode and planetary waves
 SYNOPTIC_K = np.array([4, 5, 6, 7, 8])  # eastward-travelling synoptic waves
 WAVENUMBERS = np.concatenate([LOW_FREQUENCY_K, SYNOPTIC_K])
+TWICE = (np.arange(WAVENUMBERS.size) < LOW_FREQUENCY_K.size)[:, None]  # waves whose AR(1) is applied twice
 LOW_TAU_DAYS = (6.0, 8.0)  # the low-frequency amplitudes' time scale (a twice-applied AR(1))
 SYNOPTIC_TAU_DAYS = (8.0, 12.0)  # the synoptic amplitudes' e-folding time (an AR(1))
 LOW_AMPLITUDE = 1.0  # amplitude scale of each planetary wave
@@ -75,7 +76,7 @@ class SyntheticERA5:
         self.lam = np.deg2rad(self.lon)[None, :]
         rng = np.random.default_rng([seed, 0])
         n_low, n_syn = LOW_FREQUENCY_K.size, SYNOPTIC_K.size
-        # rad/day: synoptic waves travel east; low-frequency ones drift slowly either way
+        # rad/day: synoptic waves travel east; planetary ones drift east or west (the annular mode stays)
         self.omega = np.concatenate([LOW_FREQUENCY_K * rng.uniform(*LOW_SPEED, n_low) * rng.choice([-1, 1], n_low),
                                      SYNOPTIC_K * rng.uniform(*SYNOPTIC_SPEED, n_syn)])
         self.theta = rng.uniform(0, 2 * np.pi, (WAVENUMBERS.size, 2))
@@ -94,15 +95,14 @@ class SyntheticERA5:
         n = (LAST - EPOCH).days + 1
         rng = np.random.default_rng([self.seed, 1])
         a = np.exp(-1.0 / self.tau)
-        twice = (np.arange(WAVENUMBERS.size) < LOW_FREQUENCY_K.size)[:, None]
         shocks = (rng.standard_normal((n, *a.shape)) + 1j * rng.standard_normal((n, *a.shape)))
         # unit variance: an AR(1) of innovations with variance 1 - a^2; twice, (1 - a^2)^3 / (1 + a^2)
-        shocks *= np.sqrt(np.where(twice, (1 - a**2) ** 3 / (1 + a**2), 1 - a**2) / 2)
+        shocks *= np.sqrt(np.where(TWICE, (1 - a**2) ** 3 / (1 + a**2), 1 - a**2) / 2)
         once, out = np.empty((n, *a.shape), complex), np.empty((n, *a.shape), complex)
         once[0], out[0] = 0, 0
         for i in range(1, n):
             once[i] = a * once[i - 1] + shocks[i]
-            out[i] = np.where(twice, a * out[i - 1] + once[i], once[i])
+            out[i] = np.where(TWICE, a * out[i - 1] + once[i], once[i])
         return out * self.amp_scale
 
     @cached_property
@@ -144,12 +144,12 @@ class SyntheticERA5:
         orography = lsm * (300 + 1200 * np.maximum(relief / relief.std(), 0))
         return {"lsm": lsm, "z": G * orography}
 
-    def autocorrelation(self, lag_days: int) -> np.ndarray:
-        """Each wave amplitude's autocorrelation at a lag of whole days, (wave, hemisphere): the
-        AR(1)'s a^lag, the twice-applied one's a^lag (1 + lag (1 - a^2) / (1 + a^2))."""
+    def autocorrelation(self, lag_days) -> np.ndarray:
+        """Each wave amplitude's autocorrelation at lags of whole days (a number, or an array that
+        broadcasts against (wave, hemisphere)): the AR(1)'s a^lag, the twice-applied one's
+        a^lag (1 + lag (1 - a^2) / (1 + a^2))."""
         a = np.exp(-1.0 / self.tau)
-        twice = (np.arange(WAVENUMBERS.size) < LOW_FREQUENCY_K.size)[:, None]
-        return np.where(twice, a**lag_days * (1 + lag_days * (1 - a**2) / (1 + a**2)), a**lag_days)
+        return np.where(TWICE, a**lag_days * (1 + lag_days * (1 - a**2) / (1 + a**2)), a**lag_days)
 
     def waves(self, times: pd.DatetimeIndex, shift: float, init: pd.DatetimeIndex | None = None):
         """Wave pattern W and its derivatives in lon and lat, each (time, lat, lon).
@@ -169,8 +169,7 @@ class SyntheticERA5:
             lead = days - start
             if not (np.all(start == np.round(start)) and np.all(lead == np.round(lead)) and np.all(lead >= 0)):
                 raise ValueError("the best forecast needs initial times on whole days and whole-day leads")
-            rho = np.stack([self.autocorrelation(int(n)) for n in lead])
-            amp = self._amplitudes[start.astype(int)] * rho
+            amp = self._amplitudes[start.astype(int)] * self.autocorrelation(lead[:, None, None])
         phase = -self.omega[None, :, None] * days[:, None, None] + self.theta[None] \
             - WAVENUMBERS[None, :, None] * shift
         b = amp * np.exp(1j * phase)  # (t, k, h)

@@ -182,7 +182,7 @@ def _trait_probe(job, model, spec, mesh, device) -> dict | None:
     result = probe.probe(features, (targets["train"], targets["test"]), groups, names)
     log.info("trait probe, test R2: %s", {t: {k: round(v["r2"], 3) for k, v in r.items()} for t, r in result.items()})
     return {"traits": names, "patches": {"train": int(rows["train"].sum()), "test": int(rows["test"].sum())},
-            "plants": {"train": len(set(stores["train"].attrs["images"])), "test": len(set(stores["test"].attrs["images"]))},
+            "plants": {s: len(set(g.attrs["images"])) for s, g in stores.items()},
             "scores": result}
 
 

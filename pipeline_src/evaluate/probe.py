@@ -17,38 +17,35 @@ Ridge regression and its cross-validation are a few lines of numpy, written here
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
-log = logging.getLogger(__name__)
+from ..model.tokenizer import patchify
+
 ALPHAS = tuple(10.0 ** k for k in range(-2, 7))
-FEATURES = ("pretrained", "random", "spectrum")
+FEATURES = ("pretrained", "random", "spectrum")  # the feature sets evaluate/mae.py probes
+
+
+def _patches(a: np.ndarray, patch: int) -> np.ndarray:
+    """(n, C, H, W) -> (n, L, C, patch*patch): the model's patches (tokenizer.patchify), per patch."""
+    return patchify(torch.from_numpy(np.ascontiguousarray(a)), patch).numpy().transpose(0, 2, 1, 3)
 
 
 def patch_targets(traits: np.ndarray, plants: np.ndarray, patch: int, min_plant: float = 0.5):
     """Per patch of (n, T, H, W) traits and (n, H, W) plant masks: (keep (n, L) bool, mean traits (n, L, T),
     plant fraction (n, L)); a patch counts when at least min_plant of it is plant with known traits."""
-    n, t, h, w = traits.shape
-    gh, gw = h // patch, w // patch
-    known = plants & np.isfinite(traits).all(1)
-    blocks = known.reshape(n, gh, patch, gw, patch).transpose(0, 1, 3, 2, 4).reshape(n, gh * gw, patch * patch)
-    values = np.nan_to_num(traits).reshape(n, t, gh, patch, gw, patch).transpose(0, 2, 4, 1, 3, 5)
-    values = values.reshape(n, gh * gw, t, patch * patch)
-    count = blocks.sum(-1)
-    mean = (values * blocks[:, :, None]).sum(-1) / np.maximum(count, 1)[..., None]
+    known = _patches((plants & np.isfinite(traits).all(1))[:, None], patch)[:, :, 0]  # (n, L, p*p)
+    values = _patches(np.nan_to_num(traits), patch)  # (n, L, T, p*p)
+    count = known.sum(-1)
+    mean = (values * known[:, :, None]).sum(-1) / np.maximum(count, 1)[..., None]
     fraction = count / (patch * patch)
     return fraction >= min_plant, mean, fraction
 
 
 def patch_spectra(tiles: np.ndarray, plants: np.ndarray, patch: int) -> np.ndarray:
     """(n, L, bands) mean normalised spectrum of each patch's plant pixels."""
-    n, c, h, w = tiles.shape
-    gh, gw = h // patch, w // patch
-    m = plants.reshape(n, gh, patch, gw, patch).transpose(0, 1, 3, 2, 4).reshape(n, gh * gw, 1, patch * patch)
-    x = tiles.reshape(n, c, gh, patch, gw, patch).transpose(0, 2, 4, 1, 3, 5).reshape(n, gh * gw, c, patch * patch)
-    return (x * m).sum(-1) / np.maximum(m.sum(-1), 1)
+    m = _patches(plants[:, None], patch)  # (n, L, 1, p*p)
+    return (_patches(tiles, patch) * m).sum(-1) / np.maximum(m.sum(-1), 1)
 
 
 def encoder_features(model, tiles: np.ndarray, device, batch: int = 16) -> np.ndarray:

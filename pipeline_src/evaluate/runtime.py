@@ -32,16 +32,14 @@ def start(tp: int, fsdp: int, dp: int | str, expected_world: int | None = None):
 
 def load_parallel(path: str | Path, spec: ModelSpec, mesh, device) -> torch.nn.Module:
     """The checkpoint's model parallelized on `mesh` (DCP reshards from the training mesh), in eval mode."""
-    with torch.device("meta"):
-        model = build_model(spec, seed=None)
-    parallelize(model, mesh)
-    materialize(model, device, seed=None)  # every value comes from the checkpoint
+    model = fresh_parallel(spec, mesh, device, seed=None)  # every value comes from the checkpoint
     ckpt.load_checkpoint(path, model, None, spec_dict=spec.to_dict(), fingerprint=spec.fingerprint())
-    return model.eval()
+    return model
 
 
-def fresh_parallel(spec: ModelSpec, mesh, device, seed: int) -> torch.nn.Module:
-    """A freshly initialised model of `spec` (the training's seeded initial weights), parallelized on `mesh`."""
+def fresh_parallel(spec: ModelSpec, mesh, device, seed: int | None) -> torch.nn.Module:
+    """A model of `spec` parallelized on `mesh`, in eval mode: with a seed, the training's seeded
+    initial weights; with None, uninitialised storage for a checkpoint to fill."""
     with torch.device("meta"):
         model = build_model(spec, seed=None)
     parallelize(model, mesh)

@@ -223,7 +223,7 @@ def probe_table(probed: dict[str, dict]) -> list[str]:
              "*training mean* the constant a probe must beat.", "",
              "| trait | features | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for trait in first["traits"]:
-        for features in ("pretrained", "random", "spectrum", "training mean"):
+        for features in first["scores"][trait]:  # pretrained, random, spectrum, training mean
             cells = [probed[n]["scores"][trait][features] for n in names]
             lines.append(f"| {trait} | {features} | " + " | ".join(f"{c['r2']:.3f} ({c['nrmse']:.3f})" for c in cells)
                          + " |")

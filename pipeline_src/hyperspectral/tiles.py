@@ -110,14 +110,14 @@ def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path, needed: d
             tiles = root.create_array("tiles", shape=(n_tiles, wl.size, *size),
                                       chunks=(1, wl.size, *size), dtype="float32",
                                       dimension_names=["tile", "band", "y", "x"])
-            masks = root.create_array("mask", shape=(n_tiles, *size), chunks=(max(1, n_tiles), *size),
-                                      dtype="uint8", dimension_names=["tile", "y", "x"])
-            trait_tiles = root.create_array("traits", shape=(n_tiles, len(trait_names), *size),
-                                            chunks=(max(1, n_tiles), len(trait_names), *size), dtype="float32",
-                                            dimension_names=["tile", "trait", "y", "x"]) if trait_names else None
+            # masks and traits are one chunk per split: filled here, written once below (a write per
+            # tile would rewrite the whole chunk every time)
+            masks = np.zeros((n_tiles, *size), np.uint8)
+            trait_tiles = np.zeros((n_tiles, len(trait_names), *size), np.float32) if trait_names else None
             i, order = 0, []
             for name in names:
                 mask = masks_by_image[name]
+                traits = groups[name]["traits"][:] if trait_names else None  # (y, x, trait), read once
                 rows_read = None, None
                 for (y, x) in picks[name]:
                     if rows_read[0] != y:  # one read per row of tiles, not per tile
@@ -129,9 +129,13 @@ def make_tiles(images: dict[str, Path], hs: dict, out_dir: str | Path, needed: d
                     tiles[i] = norm.transpose(2, 0, 1).astype(np.float32)
                     masks[i] = keep
                     if trait_tiles is not None:
-                        trait_tiles[i] = groups[name]["traits"][y:y + size[0], x:x + size[1]].transpose(2, 0, 1)
+                        trait_tiles[i] = traits[y:y + size[0], x:x + size[1]].transpose(2, 0, 1)
                     order.append((name, y, x))
                     i += 1
+            root.create_array("mask", data=masks, chunks=(max(1, n_tiles), *size), dimension_names=["tile", "y", "x"])
+            if trait_tiles is not None:
+                root.create_array("traits", data=trait_tiles, chunks=(max(1, n_tiles), len(trait_names), *size),
+                                  dimension_names=["tile", "trait", "y", "x"])
             root.create_array("wavelength", data=wl, dimension_names=["band"])
             root.attrs.update({"images": [p[0] for p in order], "origins": [[p[1], p[2]] for p in order],
                                "split": split, "traits": trait_names})

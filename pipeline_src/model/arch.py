@@ -30,7 +30,10 @@ class LeadEmbedding(nn.Linear):
 
     def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
         """Weights N(0, 1) (fan-in 1), bias 0."""
-        nn.init.normal_(tensor, std=1.0, generator=generator) if name == "weight" else nn.init.zeros_(tensor)
+        if name == "weight":
+            nn.init.normal_(tensor, std=1.0, generator=generator)
+        else:
+            nn.init.zeros_(tensor)
 
 
 class Forecaster(nn.Module):
