@@ -119,6 +119,11 @@ def _coerce_strings(cfg: dict, errors) -> bool:
     --config passes nested values as strings); True if anything changed."""
     changed = False
     for err in errors:
+        # A value inside one form of several (evaluate.mesh: null or {tp: ...}) fails as the whole
+        # oneOf; its branches' own errors name the string inside it.
+        if err.validator in ("oneOf", "anyOf") and err.context and _coerce_strings(cfg, err.context):
+            changed = True
+            continue
         if err.validator == "type":
             wanted = err.validator_value
         elif err.validator in ("oneOf", "anyOf"):  # e.g. null or an integer

@@ -1,8 +1,12 @@
-"""Pre-flight check for Slurm runs: refuse jobs that no node of their partition can hold.
+"""Pre-flight check for Slurm runs: refuse jobs that no node of their partition can hold, or
+that ask for more time than their partition or the site's queue allows.
 
-Slurm accepts such a job and leaves it pending forever (reason PartitionConfig) while the
-workflow prints nothing. Before the first submission the workflow compares every job's
-request (CPUs per task x tasks per node, memory per node) with the nodes `sinfo` reports.
+Slurm accepts a job no node can hold and leaves it pending forever (reason PartitionConfig)
+while the workflow prints nothing; a job past the time limit is refused or never starts. Before
+the first submission the workflow compares every job's request (CPUs per task x tasks per node,
+memory per node, minutes) with the nodes and time limits `sinfo` reports, and with the site's
+limits by job size (the profile's hpc_time_bins: Frontier's batch queue allows 2 h to jobs of
+1-91 nodes, 6 h to 92-183 and 12 h above).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ class Request:
     tasks: int = 1
     nodes: int = 1
     mem_mb: int = 0  # per node; 0 = the whole node's memory (sbatch --mem=0)
+    runtime: int = 0  # minutes; 0 = not given
+    time_bins: str = ""  # the site's limits by job size: "MAX_NODES:MINUTES ..."
 
     @property
     def cpus_per_node(self) -> int:
@@ -31,14 +37,21 @@ class Request:
 
 
 def parse_sinfo(text: str) -> tuple[dict[str, list[tuple[int, int]]], str | None]:
-    """`sinfo -h -N -o '%P|%c|%m'` -> ({partition: [(cpus, memory MB) per node]}, default partition)."""
+    """`sinfo -h -N -o '%P|%c|%m|%l'` -> ({partition: [(cpus, memory MB) per node]}, default partition)."""
+    nodes, default, _ = parse_sinfo_limits(text)
+    return nodes, default
+
+
+def parse_sinfo_limits(text: str):
+    """Like parse_sinfo, plus {partition: time limit in minutes or None (infinite)} from a 4th field."""
     nodes: dict[str, list[tuple[int, int]]] = {}
+    limits: dict[str, int | None] = {}
     default = None
     for line in text.splitlines():
         parts = line.strip().split("|")
-        if len(parts) != 3:
+        if len(parts) not in (3, 4):
             continue
-        name, cpus, mem = parts
+        name, cpus, mem = parts[:3]
         if name.endswith("*"):
             name = name[:-1]
             default = name
@@ -46,15 +59,47 @@ def parse_sinfo(text: str) -> tuple[dict[str, list[tuple[int, int]]], str | None
             nodes.setdefault(name, []).append((int(cpus), int(mem.rstrip("+"))))
         except ValueError:
             continue
-    return nodes, default
+        if len(parts) == 4:
+            limits[name] = slurm_minutes(parts[3])
+    return nodes, default, limits
 
 
-def misfits(requests: list[Request], nodes: dict[str, list[tuple[int, int]]], default: str | None) -> list[str]:
-    """One line per distinct request that no node (or not enough nodes) of its partition can hold."""
+def slurm_minutes(text: str) -> int | None:
+    """A Slurm time ('120', '2:00:00', '1-12:00:00', '1-12', 'infinite') in whole minutes; None = no limit."""
+    text = text.strip()
+    if text.lower() in ("infinite", "unlimited", "", "n/a"):
+        return None
+    days, _, clock = text.rpartition("-")
+    fields = [int(f) for f in clock.split(":")]
+    if days:  # D-HH, D-HH:MM, D-HH:MM:SS
+        hours, minutes, seconds = (fields + [0, 0])[:3]
+    elif len(fields) == 3:
+        hours, minutes, seconds = fields
+    elif len(fields) == 2:  # MM:SS
+        hours, minutes, seconds = 0, *fields
+    else:
+        hours, minutes, seconds = 0, fields[0], 0
+    return (int(days or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
+
+
+def bin_limit(time_bins: str, nodes: int) -> tuple[int, int, int] | None:
+    """(first node, last node, minutes) of the size bin `nodes` falls in, from "MAX_NODES:MINUTES ..."."""
+    low = 1
+    for item in sorted((tuple(map(int, b.split(":"))) for b in time_bins.split()), key=lambda b: b[0]):
+        if nodes <= item[0]:
+            return low, item[0], item[1]
+        low = item[0] + 1
+    return None
+
+
+def misfits(requests: list[Request], nodes: dict[str, list[tuple[int, int]]], default: str | None,
+            limits: dict[str, int | None] | None = None) -> list[str]:
+    """One line per distinct request that no node (or not enough nodes) of its partition can hold,
+    or that asks for more minutes than the partition (limits) or its size bin (time_bins) allows."""
     lines, seen = [], set()
     for r in requests:
         partition = r.partition or default
-        key = (r.rule, partition, r.cpus_per_node, r.nodes, r.mem_mb)
+        key = (r.rule, partition, r.cpus_per_node, r.nodes, r.mem_mb, r.runtime)
         if key in seen or partition is None:
             continue
         seen.add(key)
@@ -62,6 +107,7 @@ def misfits(requests: list[Request], nodes: dict[str, list[tuple[int, int]]], de
             lines.append(f"rule {r.rule}: partition {partition!r} does not exist (sinfo lists "
                          f"{', '.join(sorted(nodes)) or 'none'})")
             continue
+        lines += _time_misfits(r, partition, (limits or {}).get(partition))
         able = [n for n in nodes[partition] if n[0] >= r.cpus_per_node and (r.mem_mb <= 0 or n[1] >= r.mem_mb)]
         if len(able) >= r.nodes:
             continue
@@ -73,12 +119,25 @@ def misfits(requests: list[Request], nodes: dict[str, list[tuple[int, int]]], de
     return lines
 
 
+def _time_misfits(r: Request, partition: str, limit: int | None) -> list[str]:
+    """The time lines of one request: past the partition's limit, past the site's bin for its size."""
+    out = []
+    if r.runtime and limit is not None and r.runtime > limit:
+        out.append(f"rule {r.rule} asks {r.runtime} min; partition {partition} allows {limit} min (sinfo)")
+    found = bin_limit(r.time_bins, r.nodes) if r.time_bins else None
+    if r.runtime and found and r.runtime > found[2]:
+        low, high, minutes = found
+        out.append(f"rule {r.rule} asks {r.runtime} min on {r.nodes} node(s); the queue allows {minutes} min "
+                   f"to jobs of {low}-{high} nodes (hpc_time_bins: {r.time_bins})")
+    return out
+
+
 def query_sinfo() -> str | None:
     """sinfo's node list, or None where sinfo is not installed or does not answer."""
     if shutil.which("sinfo") is None:
         return None
     try:
-        return subprocess.run(["sinfo", "-h", "-N", "-o", "%P|%c|%m"], capture_output=True, text=True,
+        return subprocess.run(["sinfo", "-h", "-N", "-o", "%P|%c|%m|%l"], capture_output=True, text=True,
                               timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
@@ -96,14 +155,29 @@ def request_of(rule: str, resources) -> Request:
     nodes = num("nodes", 1)
     tasks = num("tasks_per_node", 0) * nodes or num("tasks", 1)
     return Request(rule, resources.get("slurm_partition") or None, num("cpus_per_task", 1), tasks, nodes,
-                   num("mem_mb", 0))
+                   num("mem_mb", 0), num("runtime", 0), str(resources.get("hpc_time_bins") or ""))
 
 
-def preflight(jobs) -> list[str]:
-    """Misfits of the Snakemake jobs that would be submitted (local rules excluded); [] without sinfo."""
+def preflight(dag) -> list[str]:
+    """Misfits of the jobs the workflow would submit (local rules excluded; a job group is judged
+    as the one job it is submitted as); [] without sinfo."""
     text = query_sinfo()
     if text is None:
         return []
-    nodes, default = parse_sinfo(text)
-    requests = [request_of(job.rule.name, job.resources) for job in jobs if not job.is_local]
-    return misfits(requests, nodes, default)
+    nodes, default, limits = parse_sinfo_limits(text)
+    return misfits(submitted_requests(dag), nodes, default, limits)
+
+
+def submitted_requests(dag) -> list[Request]:
+    """One Request per Slurm submission: each job, or each job group (its layered resources)."""
+    out, groups = [], set()
+    for job in dag.needrun_jobs():
+        if job.is_local:
+            continue
+        group = dag.get_job_group(job)
+        if group is None:
+            out.append(request_of(job.rule.name, job.resources))
+        elif group not in groups:
+            groups.add(group)
+            out.append(request_of(f"group {group.groupid} ({len(group.jobs)} jobs)", group.resources))
+    return out

@@ -69,6 +69,11 @@ def test_nested_command_line_values_become_numbers():
     cfg = config.validate_dict(raw)
     assert cfg["train"]["steps"] == 400 and cfg["train"]["lr"] == 0.002 and cfg["train"]["micro_batch"] == 8
     assert cfg["evaluate"]["bootstrap"]["level"] == 0.9 and cfg["mlflow"]["enabled"] is False
+    # inside one form of several (evaluate.mesh is null or a mapping): README's layout override
+    cfg = config.validate_dict({**SMALL, "evaluate": {"nproc": "8", "mesh": {"tp": "2", "dp": "4"}}})
+    assert cfg["evaluate"]["nproc"] == 8 and cfg["evaluate"]["mesh"] == {"tp": 2, "fsdp": 1, "dp": 4}
+    with pytest.raises(ConfigError, match=re.escape("evaluate.mesh: [tp]: 'two' is not of type 'integer'")):
+        config.validate_dict({**SMALL, "evaluate": {"nproc": "8", "mesh": {"tp": "two"}}})
     with pytest.raises(ConfigError, match="train.steps: 'many' is not of type 'integer'"):
         config.validate_dict({**SMALL, "train": {"steps": "many"}})
     with pytest.raises(ConfigError, match="train.steps: '4.5' is not of type 'integer'"):

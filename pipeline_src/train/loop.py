@@ -27,6 +27,7 @@ from ..model.build import ModelSpec, check_spec
 from ..parallel import checkpoint as ckpt
 from ..parallel.mesh import (build_mesh, check_world, init_distributed, is_main, launch_env, pick_device,
                              resolve_mesh)
+from ..parallel.hpc_env import report_communication
 from ..parallel.walltime import job_end_time
 from ..parallel.plans import data_parallel_rank
 from ..datasets.loader import step_loader
@@ -260,6 +261,8 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
     with tracking.stage_run(job.mlflow, "train", job.rule or "train", params, key=f"train-{job.name}-{run_key}",
                             wildcards={"variant": job.name}) as run, _StopFlag(_deadline(job)) as stop:
         run.set_tags({"resumed_from_step": start, "train_run_key": run_key})
+        if is_main():
+            report_communication(dist.get_backend(), run)  # versions, RCCL's network; warns on sockets
         progress = _progress(is_main(), start, s.steps, job.name)
         t_last, samples_since, pending, pending_heldout = time.perf_counter(), 0, [], {}
         batches = iter(step_loader(st.task.fetcher(s.seed, st.global_batch, st.rows), start, s.steps,

@@ -447,11 +447,21 @@ def test_frontier_dry_run_sbatch_and_srun_lines(tmp_path):
             print(f"{rule}: {sbatch}\n{rule}: {shell.split(' --config')[0]}")
             assert "-A abc123 -p batch" in sbatch and "-C nvme" in sbatch and "--nodes=1" in sbatch
             assert "--ntasks=8" in sbatch and "--cpus-per-task=7" in sbatch
-            assert shell.startswith("OMP_NUM_THREADS=7 MKL_NUM_THREADS=7 OPENBLAS_NUM_THREADS=7 srun "
-                                    "--gpus-per-task=1 --gpu-bind=closest -N 1 -n 8 -c 7 --kill-on-bad-exit=1 ")
+            # the modules, each checked, then the rendezvous flag for hpc_env and the GPU-bound srun
+            assert shell.startswith(f"( source {REPO_ROOT}/workflow/scripts/hpc_modules.sh PrgEnv-gnu/8.7.0 "
+                                    "cpe/26.03 rocm/7.2.0 craype-accel-amd-gfx90a miniforge3/23.11.0-0 "
+                                    "rccl-net-plugin && DCHAG_RDZV_GET_DISABLED=1 OMP_NUM_THREADS=7 MKL_NUM_THREADS=7 "
+                                    "OPENBLAS_NUM_THREADS=7 srun --gpus-per-task=1 --gpu-bind=closest "
+                                    "--network=disable_rdzv_get -N 1 -n 8 -c 7 --kill-on-bad-exit=1 ")
+            assert "--network=disable_rdzv_get" in sbatch.split()
             if rule == "train":
                 assert "-t 120" in sbatch and "--signal=USR1@300" in sbatch
     assert "slurm_partition=batch" in out and "cpus_per_task=56" in out
+    # every job fits Frontier's batch bins (1-91 nodes: 120 min); groups are judged by the submission test
+    for rule in ("era5_assemble", "hs_tiles", "train", "evaluate", "evaluate_mae", "evaluate_baselines", "report",
+                 "scorecard"):
+        for resources, _ in _jobs(out, rule):
+            assert resources["runtime"] <= 120 and resources.get("nodes", 1) <= 91, (rule, resources)
 
 
 def test_a_dry_run_with_another_config_leaves_live_jobs_config_alone(workflow_run):

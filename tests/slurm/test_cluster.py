@@ -87,6 +87,6 @@ def test_a_job_no_node_can_hold_fails_fast(workdir):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert time.time() - start < 60
-    assert "no node can hold these jobs" in out
+    assert "these jobs do not fit the cluster: no node can hold them" in out
     assert "rule era5_regrid asks 1 node(s) with 4 CPUs (4 per task x 1 tasks) and 16000 MB each" in out
     assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == queued  # nothing submitted

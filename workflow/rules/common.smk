@@ -49,7 +49,9 @@ EVAL_DIR = f"{RESULTS}/evaluation"
 TRAIN_PLACEMENT = pipeline_config.job_placement(CFG.data, "train")
 EVAL_PLACEMENT = pipeline_config.job_placement(CFG.data, "evaluate")
 BASELINES = pipeline_config.BASELINES
-HPC_MODULES = CFG.data["hpc"]["modules"]  # loaded for train/evaluate with --use-envmodules
+# Loads a profile's modules before training and evaluation, each checked (see module_prelude).
+MODULES_SCRIPT = Path(workflow.basedir) / "workflow" / "scripts" / "hpc_modules.sh"
+RDZV_FLAG = "DCHAG_RDZV_GET_DISABLED"  # read by pipeline_src/parallel/hpc_env.py
 FORECASTERS = [n for n, v in TRAIN_VARIANTS.items() if v["task"] == "forecast"]
 MAES = [n for n, v in TRAIN_VARIANTS.items() if v["task"] == "mae"]
 
@@ -145,12 +147,13 @@ def rank_launcher(placement):
 
     The task geometry is always on the srun line (-N nodes -n ranks --ntasks-per-node): inside a
     Snakemake job step the SLURM_* variables are stripped and a bare srun starts one task.
-    resources.mpi holds the srun command (the Frontier profile adds GPU binding); the rule's own
-    default is plain srun. Each rank gets an explicit CPU thread count (Slurm's cpus_per_task;
-    locally the job's threads shared out): Snakemake exports OMP/MKL_NUM_THREADS = the job's
-    threads to every process, which would oversubscribe the cores and make results depend on the
-    launcher. Nodes or tasks set by a profile or --set-resources that contradict the placement
-    are refused: the layout (nproc, hpc.ranks_per_node) decides them.
+    resources.rank_srun holds the srun command (the Frontier profile adds GPU binding and the
+    network flag); plain srun otherwise. A profile's hpc_modules are loaded first, each checked
+    (hpc_modules.sh). Each rank gets an explicit CPU thread count (Slurm's cpus_per_task; locally
+    the job's threads shared out): Snakemake exports OMP/MKL_NUM_THREADS = the job's threads to
+    every process, which would oversubscribe the cores and make results depend on the launcher.
+    Nodes or tasks set by a profile or --set-resources that contradict the placement, and a
+    hpc.ranks_per_node the profile's nodes cannot hold, are refused, dry runs included.
     """
     nproc = placement.ranks
 
@@ -159,9 +162,12 @@ def rank_launcher(placement):
         if choice == "srun" or (choice == "auto" and on_cluster(resources)):
             check_placement(placement, resources)
             cpus = int(resources.get("cpus_per_task", 0) or 0) or 1
+            modules = module_prelude(resources)
             if nproc == 1:  # not an MPI job: the job step already runs it as one Slurm task
-                return f"{rank_threads(cpus)} {PYTHON} -m pipeline_src.cli"
-            return (f"{rank_threads(cpus)} {resources.get('mpi') or 'srun'} {placement.srun_options()} -c {cpus} "
+                return f"{modules}{rank_threads(cpus)} {PYTHON} -m pipeline_src.cli"
+            srun = resources.get("rank_srun") or "srun"
+            flags = f"{RDZV_FLAG}=1 " if "--network=disable_rdzv_get" in srun.split() else ""
+            return (f"{modules}{flags}{rank_threads(cpus)} {srun} {placement.srun_options()} -c {cpus} "
                     f"--kill-on-bad-exit=1 {PYTHON} -m pipeline_src.cli")
         return (f"{rank_threads(max(1, threads // nproc))} {PYTHON} -m torch.distributed.run --standalone "
                 f"--nproc-per-node {nproc} -m pipeline_src.cli")
@@ -169,8 +175,21 @@ def rank_launcher(placement):
     return launch
 
 
+def module_prelude(resources):
+    """`source hpc_modules.sh M1 M2 ... && ` for the job's modules (hpc.modules, else the profile's
+    hpc_modules resource), or nothing. The script keeps the site's default modules (no purge) and
+    stops the job naming the module whose load fails, or when there is no `module` command."""
+    modules = CFG.data["hpc"]["modules"]
+    if modules is None:
+        modules = str(resources.get("hpc_modules") or "").split()
+    if not modules:
+        return ""
+    return f"source {MODULES_SCRIPT} {' '.join(modules)} && "
+
+
 def check_placement(placement, resources):
-    """WorkflowError when the job's nodes or tasks differ from what its layout derives."""
+    """WorkflowError when the job's nodes or tasks differ from what its layout derives, or when the
+    profile says a node holds hpc_ranks_per_node ranks and hpc.ranks_per_node is unset or larger."""
     wanted = placement.resources()
     wrong = {k: resources.get(k) for k in ("nodes", "tasks", "tasks_per_node")
              if resources.get(k) not in (None, wanted.get(k))}
@@ -180,6 +199,15 @@ def check_placement(placement, resources):
             f"{CFG.data['hpc']['ranks_per_node']} take {placement.nodes} node(s) x {placement.tasks_per_node} "
             f"tasks; drop them from the profile or --set-resources and set train.nproc / evaluate.nproc "
             f"and hpc.ranks_per_node instead")
+    site = resources.get("hpc_ranks_per_node")
+    ours = CFG.data["hpc"]["ranks_per_node"]
+    if site and (ours is None and placement.ranks > int(site) or ours is not None and ours > int(site)):
+        raise WorkflowError(
+            f"hpc.ranks_per_node is {ours if ours is not None else 'unset'} but this profile's nodes hold "
+            f"{site} ranks (hpc_ranks_per_node), so {placement.ranks} ranks would ask {placement.nodes} node(s) "
+            f"for {placement.tasks_per_node} tasks each. A --config on the command line replaces the "
+            f"profile's config list: add hpc='{{ranks_per_node: {site}}}' to it, or set hpc.ranks_per_node "
+            f"in your config file")
 
 
 def rank_resources(placement):
@@ -221,16 +249,27 @@ def parent_folder(name):
 
 onstart:
     if getattr(workflow.executor_plugin, "name", "") == "slurm":
+        from snakemake.resources import Resource
+
         from pipeline_src.slurm import preflight
 
-        misfits = preflight(workflow.dag.needrun_jobs())
+        # Job groups (the Frontier profile packs per-year and per-image jobs 8 to a node) are laid
+        # out, which of their jobs run side by side, against --cores: that is the submitting
+        # machine's count (profiles/default's `cores: all`, applied over --profile), not a compute
+        # node's. A profile's hpc_node_cores resource states the node's. (Snakemake's parsed
+        # default resources: a private attribute of the pinned Snakemake 9.)
+        node_cores = workflow.resource_settings._parsed_default_resources.get("hpc_node_cores")
+        if node_cores is not None:
+            workflow.global_resources["_cores"] = Resource("_cores", int(node_cores.value))
+        misfits = preflight(workflow.dag)
         if misfits:
             raise WorkflowError(
-                "no node can hold these jobs; Slurm would leave them pending forever "
-                "(PartitionConfig):\n  " + "\n  ".join(misfits) + "\nLower their resources "
-                "(--set-resources RULE:cpus_per_task=N RULE:mem_mb=M; on the command line this "
-                "replaces the profile's whole set-resources map), spread the ranks of train and evaluate "
-                "over nodes with hpc.ranks_per_node, or choose another partition."
+                "these jobs do not fit the cluster: no node can hold them (Slurm would leave them pending "
+                "forever, PartitionConfig) or they ask for more time than the partition or the queue "
+                "allows:\n  " + "\n  ".join(misfits) + "\nLower their resources (--set-resources "
+                "RULE:cpus_per_task=N RULE:mem_mb=M RULE:runtime=MIN; on the command line this replaces the "
+                "profile's whole set-resources map), spread the ranks of train and evaluate over nodes with "
+                "hpc.ranks_per_node, or choose another partition."
             )
     tracking.start_workflow_run(
         CFG.mlflow,

@@ -6,17 +6,15 @@ wildcard_constraints:
     period=r"\d{4}|static",
 
 
-# Downloads need the internet: on clusters they run on the login node.
-localrules:
-    era5_acquire,
-
-
 rule era5_all:
     input:
         f"{ASSEMBLED}/manifest.json",
 
 
+# Downloads (cds, arco) need the internet: on clusters they run on the login node (OLCF: login or
+# data transfer nodes; compute nodes have no internet). Synthetic data are compute: a batch job.
 rule era5_acquire:
+    localrule: ERA5_SOURCE in ("cds", "arco")
     output:
         f"{RESOURCES}/era5/{ERA5_SOURCE}/{{group}}/{{period}}.nc",
     params:

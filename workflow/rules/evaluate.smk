@@ -34,12 +34,10 @@ rule evaluate:
         **rank_resources(EVAL_PLACEMENT),  # nodes, tasks; under Slurm the rule launches its ranks itself
     conda:
         "../../envs/train.yaml"
-    envmodules:
-        *HPC_MODULES,
     shell:
-        "{params.launch} evaluate variant --config $DCHAG_CONFIG --rule {params.rule_name} "
+        "( {params.launch} evaluate variant --config $DCHAG_CONFIG --rule {params.rule_name} "
         "--variant {wildcards.variant} --checkpoint {input.checkpoint} --assembled {params.assembled} "
-        "--tiles {params.tiles} --output-dir {params.out} > {log} 2>&1"
+        "--tiles {params.tiles} --output-dir {params.out} ) > {log} 2>&1"
 
 
 use rule evaluate as evaluate_mae with:

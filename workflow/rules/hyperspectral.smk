@@ -5,15 +5,12 @@ wildcard_constraints:
     image="|".join(re.escape(n) for n in HS_IMAGES) or "NONE",
 
 
-localrules:
-    hs_acquire,
-
-
 rule hs_all:
     input:
         f"{HS_TILES}/stats.json",
 
 
+# The synthetic scenes' compute: a batch job on clusters (nothing heavy on a login node).
 rule hs_acquire:
     output:
         multiext(f"{HS_RAW}/{{image}}", ".raw", ".hdr", "_white.raw", "_white.hdr", "_dark.raw", "_dark.hdr",

@@ -35,10 +35,8 @@ rule train:
         **rank_resources(TRAIN_PLACEMENT),  # nodes, tasks; under Slurm the rule launches its ranks itself
     conda:
         "../../envs/train.yaml"
-    envmodules:
-        *HPC_MODULES,
     shell:
         # Resumable checkpoints live in {params.run_dir}/checkpoints, which is deliberately
         # not an output: Snakemake deletes outputs before a rerun, which would defeat resuming.
-        "{params.launch} train --config $DCHAG_CONFIG --rule {params.rule_name} --variant {wildcards.variant} "
-        "--output-dir {params.run_dir} --assembled {params.assembled} --tiles {params.tiles} > {log} 2>&1"
+        "( {params.launch} train --config $DCHAG_CONFIG --rule {params.rule_name} --variant {wildcards.variant} "
+        "--output-dir {params.run_dir} --assembled {params.assembled} --tiles {params.tiles} ) > {log} 2>&1"
