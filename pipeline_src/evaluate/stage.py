@@ -16,6 +16,7 @@ import xarray as xr
 from .. import tracking
 from ..config import Config, job_layout
 from ..io import InputError, atomic_path, read_json, write_json
+from ..parallel.hpc_env import report_communication
 from ..parallel.mesh import is_main
 from . import plots, wb2
 from .damping import coefficient_array, fit_damping
@@ -98,6 +99,7 @@ def evaluate_forecaster(cfg: Config, variant: str, checkpoint: str, assembled: s
     with tracking.stage_run(cfg.mlflow, "evaluate", rule, params, wildcards={"variant": variant}) as run:
         scores, example, data, forecasts = run_forecast_eval(job)
         if is_main():
+            report_communication(run=run)  # versions, RCCL's network; warns on sockets across nodes
             rows = write_system(scores, example, data, Path(out_dir), variant)
             write_forecasts(forecasts, data, Path(out_dir))
             _log_rows(run, rows)
@@ -155,6 +157,7 @@ def evaluate_mae(cfg: Config, variant: str, checkpoint: str, tiles: str, out_dir
         res = run_mae_eval(job)
         if not is_main():
             return
+        report_communication(run=run)
         rows = [{"variant": variant, "split": split, "metric": k, "value": v}
                 for split, m in res["splits"].items() for k, v in m.items()]
         probe = res.get("probe", {}).get("scores", {})

@@ -128,8 +128,15 @@ def socket_warning(record: Mapping[str, str]) -> str | None:
             f"--network=disable_rdzv_get; `module show rccl-net-plugin` lists what it sets.")
 
 
-def report_communication(backend: str, run=None) -> dict[str, str]:
-    """Log (rank 0) and record in the MLflow run what the collectives run on; warn on sockets."""
+def report_communication(backend: str | None = None, run=None) -> dict[str, str]:
+    """Log (rank 0) and record in the MLflow run what the collectives run on; warn on sockets.
+    backend None: the default process group's ({} without one)."""
+    if backend is None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            return {}
+        backend = dist.get_backend()
     record = communication_record(backend)
     log.info("collectives: %s", ", ".join(f"{k[5:]} {v}" for k, v in record.items()))
     warning = socket_warning(record)

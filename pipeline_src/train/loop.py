@@ -262,7 +262,7 @@ def run_training(job: TrainJob, on_step: Callable[[int], None] | None = None) ->
                             wildcards={"variant": job.name}) as run, _StopFlag(_deadline(job)) as stop:
         run.set_tags({"resumed_from_step": start, "train_run_key": run_key})
         if is_main():
-            report_communication(dist.get_backend(), run)  # versions, RCCL's network; warns on sockets
+            report_communication(run=run)  # versions, RCCL's network; warns on sockets
         progress = _progress(is_main(), start, s.steps, job.name)
         t_last, samples_since, pending, pending_heldout = time.perf_counter(), 0, [], {}
         batches = iter(step_loader(st.task.fetcher(s.seed, st.global_batch, st.rows), start, s.steps,

@@ -167,6 +167,9 @@ def test_training_outputs_and_tracking(workflow_run):
         assert [p.name for p in (out / "checkpoints").glob("*/step_*")] == ["step_00000003"]
         run = train_runs[name]
         assert run.data.params["world_size"] == "2" and run.data.params["launcher"] == "torchrun"
+        # what the collectives ran on (on Frontier also ROCm, RCCL and the network RCCL chose)
+        assert (run.data.params["comm.backend"], run.data.params["comm.nodes"]) == ("gloo", "1")
+        assert run.data.params["comm.torch"] == __import__("torch").__version__
         assert run.data.params["final_checkpoint"].endswith(f"results/train/{name}/final")
         history = client.get_metric_history(run.info.run_id, "loss")
         assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]
@@ -279,6 +282,7 @@ def test_evaluation_outputs_and_tracking(workflow_run):
     assert [m.step for m in client.get_metric_history(fc.info.run_id, "rmse.z_500")] == [24, 48]
     assert {f.path for f in client.list_artifacts(fc.info.run_id)} >= {"metrics.csv", "plots", "data"}
     assert "test.psnr" in evals["mae-dchag-L"].data.metrics
+    assert all(evals[v].data.params["comm.backend"] == "gloo" for v in VARIANTS)  # what the ranks ran on
     card_run = next(r for r in runs if r.data.tags.get("rule") == "scorecard")
     assert {f.path for f in client.list_artifacts(card_run.info.run_id)} >= {"scorecard.md", "scorecard.csv",
                                                                                "scorecard_plots"}

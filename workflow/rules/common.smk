@@ -258,9 +258,9 @@ onstart:
         # machine's count (profiles/default's `cores: all`, applied over --profile), not a compute
         # node's. A profile's hpc_node_cores resource states the node's. (Snakemake's parsed
         # default resources: a private attribute of the pinned Snakemake 9.)
-        node_cores = workflow.resource_settings._parsed_default_resources.get("hpc_node_cores")
-        if node_cores is not None:
-            workflow.global_resources["_cores"] = Resource("_cores", int(node_cores.value))
+        node_cores = getattr(workflow.resource_settings._parsed_default_resources.get("hpc_node_cores"), "value", None)
+        if node_cores is not None:  # (a resource no profile sets reads as one whose value is None)
+            workflow.global_resources["_cores"] = Resource("_cores", int(node_cores))
         misfits = preflight(workflow.dag)
         if misfits:
             raise WorkflowError(
