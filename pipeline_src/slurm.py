@@ -60,12 +60,16 @@ def parse_sinfo_limits(text: str):
         except ValueError:
             continue
         if len(parts) == 4:
-            limits[name] = slurm_minutes(parts[3])
+            try:
+                limits[name] = slurm_minutes(parts[3])
+            except ValueError:  # a form this reader does not know: no limit is checked
+                limits[name] = None
     return nodes, default, limits
 
 
 def slurm_minutes(text: str) -> int | None:
-    """A Slurm time ('120', '2:00:00', '1-12:00:00', '1-12', 'infinite') in whole minutes; None = no limit."""
+    """A Slurm time limit ('120', '2:00:00', '1-12:00:00', '1-12', 'infinite') in whole minutes,
+    seconds dropped (a request of more minutes is past it); None = no limit."""
     text = text.strip()
     if text.lower() in ("infinite", "unlimited", "", "n/a"):
         return None
@@ -79,17 +83,24 @@ def slurm_minutes(text: str) -> int | None:
         hours, minutes, seconds = 0, *fields
     else:
         hours, minutes, seconds = 0, fields[0], 0
-    return (int(days or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
+    return (int(days or 0) * 24 + hours) * 60 + minutes
 
 
-def bin_limit(time_bins: str, nodes: int) -> tuple[int, int, int] | None:
-    """(first node, last node, minutes) of the size bin `nodes` falls in, from "MAX_NODES:MINUTES ..."."""
+def bin_limit(time_bins: str, nodes: int, partition: str | None = None) -> tuple[int, int, int | None] | None:
+    """(first node, last node, minutes) of the size bin `nodes` falls in, from "[PARTITION:]
+    MAX_NODES:MINUTES ..."; minutes None when the job is larger than every bin; None when the bins
+    name another partition."""
+    words = time_bins.split()
+    if words and not words[0][0].isdigit():
+        if words[0].rstrip(":") != partition:
+            return None
+        words = words[1:]
     low = 1
-    for item in sorted((tuple(map(int, b.split(":"))) for b in time_bins.split()), key=lambda b: b[0]):
-        if nodes <= item[0]:
-            return low, item[0], item[1]
-        low = item[0] + 1
-    return None
+    for high, minutes in sorted(tuple(map(int, b.split(":"))) for b in words):
+        if nodes <= high:
+            return low, high, minutes
+        low = high + 1
+    return low, nodes, None
 
 
 def misfits(requests: list[Request], nodes: dict[str, list[tuple[int, int]]], default: str | None,
@@ -124,8 +135,11 @@ def _time_misfits(r: Request, partition: str, limit: int | None) -> list[str]:
     out = []
     if r.runtime and limit is not None and r.runtime > limit:
         out.append(f"rule {r.rule} asks {r.runtime} min; partition {partition} allows {limit} min (sinfo)")
-    found = bin_limit(r.time_bins, r.nodes) if r.time_bins else None
-    if r.runtime and found and r.runtime > found[2]:
+    found = bin_limit(r.time_bins, r.nodes, partition) if r.time_bins else None
+    if found and found[2] is None:
+        out.append(f"rule {r.rule} asks {r.nodes} node(s); the queue takes jobs of at most {found[0] - 1} "
+                   f"nodes (hpc_time_bins: {r.time_bins})")
+    elif r.runtime and found and r.runtime > found[2]:
         low, high, minutes = found
         out.append(f"rule {r.rule} asks {r.runtime} min on {r.nodes} node(s); the queue allows {minutes} min "
                    f"to jobs of {low}-{high} nodes (hpc_time_bins: {r.time_bins})")

@@ -31,34 +31,39 @@ def test_sinfo_and_misfits():
     assert lines[3] == "rule x: partition 'nope' does not exist (sinfo lists big, cpu, gpu)"
 
 
-FRONTIER_BINS = "91:120 183:360 9408:720"  # the Frontier profile's hpc_time_bins
+FRONTIER_BINS = "batch: 91:120 183:360 9408:720"  # the Frontier profile's hpc_time_bins
 
 
 def test_time_limits_of_partitions_and_of_the_queue_by_job_size():
     from pipeline_src.slurm import bin_limit, parse_sinfo_limits, slurm_minutes
 
-    assert [slurm_minutes(t) for t in ("120", "2:00:00", "1-12:00:00", "1-12", "0:30", "1:00:01", "infinite")] == [
-        120, 120, 2160, 2160, 0 + 1, 61, None]
+    assert [slurm_minutes(t) for t in ("120", "2:00:00", "1-12:00:00", "1-12", "30:00", "1:30", "infinite")] == [
+        120, 120, 2160, 2160, 30, 1, None]  # MM:SS; seconds dropped, so 2 minutes are past 1:30
     nodes, default, limits = parse_sinfo_limits("batch*|56|512000|1-00:00:00\n" * 200 +
-                                                "debug|56|512000|2:00:00\nlong|8|1000|UNLIMITED\n")
-    assert default == "batch" and limits == {"batch": 1440, "debug": 120, "long": None}
+                                                "debug|56|512000|2:00:00\nlong|8|1000|UNLIMITED\n"
+                                                "odd|8|1000|NONE\n")
+    assert default == "batch" and limits == {"batch": 1440, "debug": 120, "long": None, "odd": None}
     # Frontier's user guide: 1-91 nodes 2 h, 92-183 nodes 6 h, 184 and more 12 h
-    assert [bin_limit(FRONTIER_BINS, n) for n in (1, 91, 92, 183, 184, 9408)] == [
+    assert [bin_limit(FRONTIER_BINS, n, "batch") for n in (1, 91, 92, 183, 184, 9408)] == [
         (1, 91, 120), (1, 91, 120), (92, 183, 360), (92, 183, 360), (184, 9408, 720), (184, 9408, 720)]
-    assert bin_limit(FRONTIER_BINS, 9409) is None
+    assert bin_limit(FRONTIER_BINS, 9409, "batch") == (9409, 9409, None)  # larger than any bin
+    assert bin_limit(FRONTIER_BINS, 4, "extended") is None  # the bins are batch's
+    assert bin_limit("91:120", 4, "any") == (1, 91, 120)  # bins without a partition apply to all
     ok = [Request("era5_assemble", None, cpus_per_task=56, mem_mb=400000, runtime=120, time_bins=FRONTIER_BINS),
           Request("train", None, cpus_per_task=7, tasks=1024, nodes=128, runtime=360, time_bins=FRONTIER_BINS),
-          Request("train", "debug", cpus_per_task=7, tasks=8, runtime=120)]
+          Request("train", "debug", cpus_per_task=7, tasks=8, runtime=120),
+          Request("train", "debug", cpus_per_task=7, tasks=8, runtime=120, time_bins=FRONTIER_BINS)]
     assert misfits(ok, nodes, default, limits) == []
     bad = [Request("era5_assemble", None, cpus_per_task=56, mem_mb=400000, runtime=240, time_bins=FRONTIER_BINS),
            Request("train", None, cpus_per_task=7, tasks=1024, nodes=128, runtime=720, time_bins=FRONTIER_BINS),
            Request("train", "debug", cpus_per_task=7, tasks=8, runtime=121)]
     assert misfits(bad, nodes, default, limits) == [
         "rule era5_assemble asks 240 min on 1 node(s); the queue allows 120 min to jobs of 1-91 nodes "
-        "(hpc_time_bins: 91:120 183:360 9408:720)",
+        "(hpc_time_bins: batch: 91:120 183:360 9408:720)",
         "rule train asks 720 min on 128 node(s); the queue allows 360 min to jobs of 92-183 nodes "
-        "(hpc_time_bins: 91:120 183:360 9408:720)",
+        "(hpc_time_bins: batch: 91:120 183:360 9408:720)",
         "rule train asks 121 min; partition debug allows 120 min (sinfo)"]
+    assert bin_limit(FRONTIER_BINS, 10000, "batch")[2] is None
 
 
 def test_job_end_time():

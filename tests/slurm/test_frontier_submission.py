@@ -129,7 +129,7 @@ def test_tp16_trains_on_two_whole_nodes_over_slingshot(tmp_path):
     allocation and on the job's srun, and OLCF's variables in the environment of every rank."""
     sub = _frontier(tmp_path, TP16, "results/train/fc/summary.json", "train")
     opts = _options(sub.sbatch)
-    assert {"--nodes=2", "--ntasks-per-node=8", "--cpus-per-task=7", "-C", "nvme", "-A", ACCOUNT, "-t", "120",
+    assert {"--nodes=2", "--ntasks-per-node=8", "--cpus-per-task=7", "-C", "nvme", "-A", ACCOUNT, "-p", "batch", "-t", "120",
             "--network=disable_rdzv_get", "--signal=USR1@300"} <= set(opts)
     assert not any(o.startswith("--ntasks=") for o in opts)
     assert sub.srun == f"{GPU_SRUN} -N 2 -n 16 --ntasks-per-node 8 -c 7 --kill-on-bad-exit=1"
@@ -138,7 +138,7 @@ def test_tp16_trains_on_two_whole_nodes_over_slingshot(tmp_path):
     # the job's command, run: every module loaded in order and checked, none purged, then srun
     status, log, srun = _run_job(tmp_path, sub.command)
     assert status == 0, log
-    assert srun["calls"] == [c for m in MODULES.split() for c in (f"load {m}", f"is-loaded {m}")]
+    assert srun["calls"] == [f"load {m}" for m in MODULES.split()] + [f"is-loaded {m}" for m in MODULES.split()]
     assert f"hpc modules: loaded {MODULES}" in log
     assert srun["args"].startswith(sub.srun.removeprefix("srun ") + " /")
     env = srun["env"]
@@ -156,6 +156,7 @@ def test_tp16_trains_on_two_whole_nodes_over_slingshot(tmp_path):
 
 @pytest.mark.parametrize("failure", ["load", "no module command"])
 def test_modules_that_fail_stop_the_job_naming_them(tmp_path, failure):
+    """A failed load, or no `module` command at all, ends the job before any rank starts."""
     sub = _frontier(tmp_path, TP16, "results/train/fc/summary.json", "train")
     status, log, srun = _run_job(tmp_path, sub.command, fail="rccl-net-plugin", module=failure == "load")
     assert status == 1 and srun == {}  # no rank started
@@ -166,6 +167,7 @@ def test_modules_that_fail_stop_the_job_naming_them(tmp_path, failure):
 
 
 def test_tp2_fsdp4_dp4_trains_on_four_nodes_and_evaluates_on_one(tmp_path):
+    """Four whole nodes for training; the evaluation on one (the checkpoint reshards)."""
     train = {"nproc": 32, "mesh": {"tp": 2, "fsdp": 4, "dp": 4}}
     sub = _frontier(tmp_path, train, "results/train/fc/summary.json", "train")
     assert {"--nodes=4", "--ntasks-per-node=8", "--cpus-per-task=7"} <= set(_options(sub.sbatch))
@@ -187,6 +189,7 @@ def test_a_one_rank_job_submits(tmp_path):
 
 
 def test_the_readmes_layout_override_submits_and_a_dropped_ranks_per_node_is_refused(tmp_path):
+    """`--config evaluate=... hpc=...` as the README writes it; without hpc= a dry run refuses."""
     train = {"nproc": 16, "mesh": {"tp": 2}}
     sub = _frontier(tmp_path, train, "results/evaluation/fc/metrics.csv", "evaluate",
                     extra=("--config", "evaluate={nproc: 8, mesh: {tp: 2}}", "hpc={ranks_per_node: 8}"))
@@ -202,6 +205,7 @@ def test_the_readmes_layout_override_submits_and_a_dropped_ranks_per_node_is_ref
 
 
 def test_nodes_set_by_hand_against_the_layout_are_refused(tmp_path):
+    """Nodes come from the layout: a --set-resources that contradicts it stops the run."""
     sub = _frontier(tmp_path, TP16, "results/train/fc/summary.json", "train",
                     extra=("--set-resources", "train:nodes=1", "train:mpi=srun"))
     assert sub.sbatch is None
@@ -229,3 +233,17 @@ def test_every_submission_of_the_default_fits_frontiers_queue_and_cpu_jobs_fill_
                     extra=("--forceall", "--set-resources", "era5_assemble:runtime=240"))
     assert "rule era5_assemble asks 240 min on 1 node(s); the queue allows 120 min to jobs of 1-91 nodes" in sub.out
     assert not (tmp_path / "long/bin/submitted.txt").exists()
+
+
+@pytest.mark.parametrize("source", ["cds", "synthetic"])
+def test_downloads_stay_on_the_login_node_and_synthetic_years_are_batch_jobs(tmp_path, source):
+    """A grouped rule is never local: only synthetic ERA5 joins its year's job group."""
+    cfg = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
+    cfg["era5"]["source"] = source
+    sub = _frontier(tmp_path, {}, "results/era5/regridded/static/static.nc", "", cfg=cfg,
+                    extra=("--allowed-rules", "era5_acquire", "era5_regrid"))
+    submitted = (tmp_path / "bin/submitted.txt").read_text() if (tmp_path / "bin/submitted.txt").exists() else ""
+    if source == "cds":  # run here (and fail: no CDS key, no internet), never submitted
+        assert "era5_acquire" not in submitted and "localrule era5_acquire:" in sub.out, sub.out[-3000:]
+    else:
+        assert "group_era5_years_era5_acquire_era5_regrid" in submitted, sub.out[-3000:]

@@ -2,6 +2,7 @@
 # CLI call reads, and the MLflow parent run. Rule files hold rules only.
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -184,7 +185,7 @@ def module_prelude(resources):
         modules = str(resources.get("hpc_modules") or "").split()
     if not modules:
         return ""
-    return f"source {MODULES_SCRIPT} {' '.join(modules)} && "
+    return f"source {shlex.quote(str(MODULES_SCRIPT))} {' '.join(map(shlex.quote, modules))} && "
 
 
 def check_placement(placement, resources):

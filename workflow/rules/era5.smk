@@ -12,9 +12,12 @@ rule era5_all:
 
 
 # Downloads (cds, arco) need the internet: on clusters they run on the login node (OLCF: login or
-# data transfer nodes; compute nodes have no internet). Synthetic data are compute: a batch job.
+# data transfer nodes; compute nodes have no internet). Synthetic data are compute: a batch job,
+# in the same job group as its year's regridding (a grouped rule is never local, so the group is
+# set here, for synthetic data only, and not in a profile). Groups apply under cluster executors.
 rule era5_acquire:
     localrule: ERA5_SOURCE in ("cds", "arco")
+    group: "era5_years" if ERA5_SOURCE == "synthetic" else None
     output:
         f"{RESOURCES}/era5/{ERA5_SOURCE}/{{group}}/{{period}}.nc",
     params:
