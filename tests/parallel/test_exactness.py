@@ -22,3 +22,10 @@ MESHES = [  # (tp, fsdp, dp, sequence_parallel, activation_checkpointing); SP at
                                                           for t, f, d, sp, ac in MESHES])
 def test_distributed_equals_single_process(tp, fsdp, dp, sp, ac):
     run_local(workers.exactness, tp * fsdp * dp, tp, fsdp, dp, sp, ac)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("tp", [2, 4])
+def test_the_partition_gathers_backward_is_each_ranks_own_slice(tp):
+    """A backward that takes another rank's slice (rank 0's on every rank, say) fails on rank 1."""
+    run_local(workers.gather_backward, tp)

@@ -8,6 +8,7 @@ from torch.distributed.tensor import DTensor
 
 from pipeline_src.model.arch import random_mask
 from pipeline_src.model.build import ModelSpec, build_model
+from pipeline_src.parallel.collectives import gather_partitions
 from pipeline_src.parallel.grads import grad_norm, reduce_partial_grads
 from pipeline_src.parallel.materialize import materialize
 from pipeline_src.parallel.mesh import build_mesh, init_distributed, launch_env, resolve_mesh
@@ -280,4 +281,25 @@ def channel_owners(out_file: str) -> None:
     dist.all_gather_object(every, changed)
     if dist.get_rank() == 0:
         torch.save({c: sorted(k for part in every for k in part[c]) for c in changed}, out_file)
+    dist.destroy_process_group()
+
+
+def gather_backward() -> None:
+    """The D-CHAG gather's backward gives each rank the gradient of its own partition slots, as one
+    process computes it, when every slot's upstream gradient differs (the model's gradients at
+    initialisation are too alike across slots to tell a wrong slice apart)."""
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    generator = torch.Generator().manual_seed(0)
+    batch, k, tokens, dim = 2, 3, 4, 5
+    full = torch.randn(batch, k * world, tokens, dim, generator=generator)
+    upstream = torch.randn(batch, k * world, tokens, dim, generator=generator)  # the same on every rank, as TP gives
+    reference = full.clone().requires_grad_(True)
+    (reference * upstream).sum().backward()  # one process: every partition in one tensor
+    mine = slice(rank * k, (rank + 1) * k)
+    local = full[:, mine].clone().requires_grad_(True)
+    gathered = gather_partitions(local, dist.group.WORLD)
+    assert torch.equal(gathered, full)
+    (gathered * upstream).sum().backward()
+    torch.testing.assert_close(local.grad, reference.grad[:, mine], rtol=0, atol=0)
     dist.destroy_process_group()
