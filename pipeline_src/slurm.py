@@ -28,7 +28,7 @@ class Request:
     nodes: int = 1
     mem_mb: int = 0  # per node; 0 = the whole node's memory (sbatch --mem=0)
     runtime: int = 0  # minutes; 0 = not given
-    time_bins: str = ""  # the site's limits by job size: "MAX_NODES:MINUTES ..."
+    time_bins: str = ""  # the site's limits by job size: "[PARTITION:] MAX_NODES:MINUTES ..."
 
     @property
     def cpus_per_node(self) -> int:
@@ -76,13 +76,11 @@ def slurm_minutes(text: str) -> int | None:
     days, _, clock = text.rpartition("-")
     fields = [int(f) for f in clock.split(":")]
     if days:  # D-HH, D-HH:MM, D-HH:MM:SS
-        hours, minutes, seconds = (fields + [0, 0])[:3]
-    elif len(fields) == 3:
-        hours, minutes, seconds = fields
-    elif len(fields) == 2:  # MM:SS
-        hours, minutes, seconds = 0, *fields
-    else:
-        hours, minutes, seconds = 0, fields[0], 0
+        hours, minutes = (fields + [0])[:2]
+    elif len(fields) == 3:  # HH:MM:SS
+        hours, minutes = fields[:2]
+    else:  # MM:SS or MM
+        hours, minutes = 0, fields[0]
     return (int(days or 0) * 24 + hours) * 60 + minutes
 
 

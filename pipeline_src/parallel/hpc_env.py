@@ -15,7 +15,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Mapping, MutableMapping
+from typing import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def rocm_defaults(rank: int, environ: Mapping[str, str] | None = None) -> dict[s
     """The variables this rank gets (those not already set): network settings, MIOpen's kernel
     databases on node-local /tmp, one per rank (a shared home directory makes MIOpen's SQLite
     databases lock up across ranks), and on rank 0 RCCL's INIT/NET log in a node-local file, from
-    which rccl_transport() reads the network RCCL chose."""
+    which communication_record() reads the network RCCL chose."""
     env = os.environ if environ is None else environ
     tag = f"{env.get('USER', 'user')}-{env.get('SLURM_JOB_ID', 'local')}-{rank}"
     wanted = {**RCCL_NETWORK, **LIBFABRIC_CXI, "MIOPEN_USER_DB_PATH": f"/tmp/miopen-{tag}",

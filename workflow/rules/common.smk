@@ -12,6 +12,7 @@ from pipeline_src import config as pipeline_config
 from pipeline_src import tracking
 from pipeline_src.era5.files import match_files, period_fingerprint
 from pipeline_src.hyperspectral.readers import cube_files
+from pipeline_src.parallel.hpc_env import RDZV_FLAG  # the launcher's word to the ranks' environment
 
 # Full validation (schema + semantic checks such as overlapping split years) with a
 # message naming the bad key; the schema defaults are filled in here.
@@ -52,7 +53,6 @@ EVAL_PLACEMENT = pipeline_config.job_placement(CFG.data, "evaluate")
 BASELINES = pipeline_config.BASELINES
 # Loads a profile's modules before training and evaluation, each checked (see module_prelude).
 MODULES_SCRIPT = Path(workflow.basedir) / "workflow" / "scripts" / "hpc_modules.sh"
-RDZV_FLAG = "DCHAG_RDZV_GET_DISABLED"  # read by pipeline_src/parallel/hpc_env.py
 FORECASTERS = [n for n, v in TRAIN_VARIANTS.items() if v["task"] == "forecast"]
 MAES = [n for n, v in TRAIN_VARIANTS.items() if v["task"] == "mae"]
 
